@@ -1,0 +1,246 @@
+"""The reranker actor: a frozen spec checked on the driver, and a worker that holds a CrossEncoder.
+
+The worker measures each pair's real token length with the model's own preprocessing (chat template,
+prompt, truncation, and the tokens media items expand to), sorts, packs micro-batches under a token budget,
+and scores them with the library's `preprocess` + forward + activation, exactly as `CrossEncoder.predict`
+does per batch. Scores are written back to the row they came from, whatever order batches finish in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from actors.model_source import check_model_reference, materialize
+from actors.pair_inputs import build_pairs
+from actors.token_budget import MicroBatch, pack_by_tokens
+from schemas import columns as c
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+LENGTH_PROBE_ROWS = 256
+BASELINE_BATCH_ROWS = 32  # CrossEncoder.predict's default batch size, for the padding baseline
+
+
+@dataclass(frozen=True)
+class RerankerSpec:
+    """What an actor needs to build its model. Small, picklable, validated on the driver."""
+
+    model: str
+    prompt: str | None = None
+    max_length: int | None = None
+    batch_tokens: int = 16384
+    dtype: Dtype = "auto"
+    device: str | None = None
+    torch_threads: int | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def validate(self) -> RerankerSpec:
+        check_model_reference(self.model)
+        if self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be a positive token count, got {self.batch_tokens}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device_and_dtype(spec: RerankerSpec):
+    import torch
+
+    device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = spec.dtype
+    if name == "auto":
+        name = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, getattr(torch, name)
+
+
+def load_cross_encoder(spec: RerankerSpec):
+    """Load the CrossEncoder. A saved sentence-transformers directory loads as saved; a plain causal LM gets
+    the library's default Transformer(text-generation) + LogitScore("yes", "no"); a multimodal LM directory
+    without modules.json (which the library would misload as sequence classification) is built as
+    Transformer(any-to-any) + LogitScore("yes", "no")."""
+    from sentence_transformers import CrossEncoder
+
+    path = materialize(spec.model)
+    device, dtype = resolve_device_and_dtype(spec)
+    kwargs = dict(
+        device=device,
+        trust_remote_code=spec.trust_remote_code,
+        revision=spec.revision,
+        model_kwargs={"dtype": dtype},
+    )
+    if spec.max_length is not None:
+        kwargs["max_length"] = spec.max_length
+    if _is_multimodal_lm_without_modules(path):
+        from sentence_transformers.cross_encoder.modules import LogitScore
+        from sentence_transformers.sentence_transformer.modules import Transformer
+
+        transformer = Transformer(
+            path,
+            transformer_task="any-to-any",
+            model_kwargs={"dtype": dtype},
+            processing_kwargs={"chat_template": {"add_generation_prompt": True}},
+            max_seq_length=spec.max_length,
+        )
+        tok = transformer.tokenizer
+        yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+        return CrossEncoder(modules=[transformer, LogitScore(yes, no)], num_labels=1, device=device)
+    return CrossEncoder(path, **kwargs)
+
+
+def _is_multimodal_lm_without_modules(path: str) -> bool:
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "modules.json")):
+        return False
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        return False
+    with open(config_path) as f:
+        archs = json.load(f).get("architectures") or [""]
+    return archs[0].endswith("ForConditionalGeneration")
+
+
+class RerankWorker:
+    """Ray Data callable class: one CrossEncoder per actor, `__call__(pa.Table) -> pa.Table`."""
+
+    def __init__(self, spec: RerankerSpec):
+        import torch
+
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        self.spec = spec
+        self.model = load_cross_encoder(spec)
+        self.model.eval()
+        self.device = self.model.device
+
+    # -- scoring primitives (overridable by tests: a double can reorder the batches it yields) ---------
+
+    def token_lengths(self, pairs: list) -> np.ndarray:
+        """Real tokens per pair after the model's own preprocessing, media tokens included."""
+        lengths = np.zeros(len(pairs), dtype=np.int64)
+        for start in range(0, len(pairs), LENGTH_PROBE_ROWS):
+            chunk = pairs[start : start + LENGTH_PROBE_ROWS]
+            features = self.model.preprocess(chunk, prompt=self.spec.prompt)
+            lengths[start : start + len(chunk)] = features["attention_mask"].sum(dim=1).cpu().numpy()
+        return lengths
+
+    def score_batch(self, pairs: list) -> np.ndarray:
+        """One micro-batch through `preprocess` + forward + activation, as `CrossEncoder.predict` does."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        with torch.inference_mode():
+            features = self.model.preprocess(pairs, prompt=self.spec.prompt)
+            features = batch_to_device(features, self.device)
+            scores = self.model(features)["scores"]
+            if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
+                scores = scores.float()
+            if self.model.activation_fn is not None:
+                scores = self.model.activation_fn(scores)
+            if scores.ndim > 1:
+                scores = scores.squeeze(-1)
+        return scores.float().cpu().numpy()
+
+    def score_batches(self, pairs: list, batches: list[MicroBatch]) -> Iterator[tuple[MicroBatch, np.ndarray]]:
+        for batch in batches:
+            yield batch, self.score_batch([pairs[i] for i in batch.rows])
+
+    # -- the Ray Data entry point ----------------------------------------------------------------
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        errors = _column_or_nulls(table, c.ROW_ERROR)
+        stages = _column_or_nulls(table, c.ROW_STAGE)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        tokens = np.zeros(n, dtype=np.int64)
+        padded = np.zeros(n, dtype=np.int64)
+        unsorted_padded = np.zeros(n, dtype=np.int64)
+
+        todo = [i for i in range(n) if errors[i] is None]
+        pairs, build_errors = build_pairs(table, todo, self.model)
+        for i, reason in build_errors.items():
+            errors[i], stages[i] = reason, "score"
+        rows = np.asarray([i for i in todo if i not in build_errors], dtype=np.int64)
+
+        if len(pairs):
+            lengths, bad = self._lengths_isolating_failures(pairs)
+            for k, reason in bad.items():
+                errors[rows[k]], stages[rows[k]] = reason, "score"
+            ok = np.asarray([k for k in range(len(pairs)) if k not in bad], dtype=np.int64)
+            ok_pairs = [pairs[k] for k in ok]
+            batches = pack_by_tokens(lengths[ok], self.spec.batch_tokens)
+            for start in range(0, len(ok), BASELINE_BATCH_ROWS):
+                chunk = ok[start : start + BASELINE_BATCH_ROWS]
+                unsorted_padded[rows[chunk]] = lengths[chunk].max()
+            for batch, batch_scores in self._score_isolating_failures(ok_pairs, batches):
+                targets = rows[ok[batch.rows]]
+                for target, value in zip(targets, batch_scores, strict=True):
+                    if isinstance(value, str):
+                        errors[target], stages[target] = value, "score"
+                    else:
+                        scores[target] = value
+                tokens[targets] = lengths[ok[batch.rows]]
+                padded[targets] = batch.padded_length
+
+        out = table
+        for name in (c.SCORE, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS, c.ROW_PADDED, c.ROW_UNSORTED_PADDED):
+            if name in out.column_names:
+                out = out.drop_columns([name])
+        score_mask = np.asarray([e is not None for e in errors]) | np.isnan(scores)
+        return (
+            out.append_column(c.SCORE, pa.array(scores, pa.float32(), mask=score_mask))
+            .append_column(c.ROW_ERROR, pa.array(errors, pa.string()))
+            .append_column(c.ROW_STAGE, pa.array(stages, pa.string()))
+            .append_column(c.ROW_TOKENS, pa.array(tokens))
+            .append_column(c.ROW_PADDED, pa.array(padded))
+            .append_column(c.ROW_UNSORTED_PADDED, pa.array(unsorted_padded))
+        )
+
+    def _lengths_isolating_failures(self, pairs: list) -> tuple[np.ndarray, dict[int, str]]:
+        try:
+            return self.token_lengths(pairs), {}
+        except Exception:
+            lengths = np.zeros(len(pairs), dtype=np.int64)
+            bad: dict[int, str] = {}
+            for k, pair in enumerate(pairs):
+                try:
+                    lengths[k] = self.token_lengths([pair])[0]
+                except Exception as exc:  # one unscorable pair becomes one error row
+                    bad[k] = f"preprocessing failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            return lengths, bad
+
+    def _score_isolating_failures(self, pairs: list, batches: list[MicroBatch]):
+        """Score all batches; if one raises, score the rows of the unfinished batches one by one so a
+        single bad pair becomes one error row and the rest of its batch is still scored."""
+        done: set[int] = set()
+        try:
+            for batch, values in self.score_batches(pairs, batches):
+                done.add(id(batch))
+                yield batch, values
+        except Exception:
+            for batch in batches:
+                if id(batch) in done:
+                    continue
+                values: list = []
+                for i in batch.rows:
+                    try:
+                        values.append(float(self.score_batch([pairs[i]])[0]))
+                    except Exception as exc:  # isolate the bad pair, keep scoring the rest
+                        values.append(f"scoring failed: {type(exc).__name__}: {exc}".splitlines()[0])
+                yield batch, values
+
+
+def _column_or_nulls(table: pa.Table, name: str) -> list:
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [None] * table.num_rows

@@ -1,0 +1,399 @@
+"""Evaluate ranked runs against relevance judgements on Ray, compare them, and write a report.
+
+Stages: resolve each run (driver, schema only) ─► read_parquet ─► groupby(query_id).map_groups: per-query
+metrics and TREC run lines on workers, with the qrels broadcast once through the object store ─► stream the
+per-query rows to the driver (one small row per query; the TREC lines go straight to `<name>.trec`) ─►
+means, paired comparisons against the first run ─► metrics.json, report.md, metrics.png.
+
+A run is addressed as ``DIR`` or ``DIR:ranked`` / ``DIR:candidates``:
+
+- ``ranked``: reranker output, ordered by ``score``; ``DIR`` is the run root (holding ``ranked/``) or the
+  folder of Parquet files itself.
+- ``candidates``: a refresh run's retrieval candidates, ordered by ``retrieval_score``; ``DIR`` is the run
+  root (holding ``candidates/``) or the folder itself.
+- With no suffix, ``DIR/ranked`` wins over ``DIR/candidates``; a bare folder is ``ranked`` when its files
+  have ``score``, else ``candidates`` when they have ``retrieval_score``.
+
+Metric semantics are trec_eval's (see ``pipelines.metrics``): the run's ``rank`` column is ignored and
+ties in score are ordered by doc id descending. Means are over the queries in both the run and the qrels
+(trec_eval's default); qrels queries missing from a run and run queries without judgements are counted
+and reported, not averaged. Comparisons pair each run with the first (baseline) run on the queries both
+were evaluated on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from pipelines import evaluate_report as report
+from pipelines.metrics import (
+    RELEVANCE_LEVEL,
+    metric_names,
+    paired_t_test,
+    query_metrics,
+    randomization_p_values,
+)
+from schemas.columns import CANDIDATE_ID, QUERY_ID, RETRIEVAL_SCORE, SCORE
+from schemas.qrels import Qrels, qrels_stats, read_qrels, resolve_filesystem
+
+RunKind = Literal["ranked", "candidates"]
+RUN_KINDS: tuple[RunKind, ...] = ("ranked", "candidates")
+SCORE_COLUMNS: dict[RunKind, str] = {"ranked": SCORE, "candidates": RETRIEVAL_SCORE}
+DEFAULT_KS = (1, 3, 5, 10, 100)
+METRICS_FILE = "metrics.json"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_WHITESPACE = re.compile(r"\s")
+_TREC_LINES = "__trec_lines"
+_TREC_BAD_ID = "__trec_bad_id"
+_JUDGED = "__judged"
+
+
+class RunInputError(ValueError):
+    """A run that cannot be evaluated; the message is one line naming the run, path or column."""
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """One run resolved on the driver: where its Parquet files are and which score orders it."""
+
+    name: str
+    location: str
+    kind: RunKind
+    filesystem: pafs.FileSystem
+    files: tuple[str, ...]
+
+    @property
+    def score_column(self) -> str:
+        return SCORE_COLUMNS[self.kind]
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """Validated inputs of an evaluation: built before any cluster work, so bad input fails in a second."""
+
+    qrels_path: str
+    qrels: Qrels
+    runs: tuple[RunSource, ...]
+    ks: tuple[int, ...]
+
+
+@dataclass
+class RunResult:
+    """Per-query metrics of one run, as column arrays aligned with `query_ids`."""
+
+    source: RunSource
+    query_ids: list[str]
+    values: dict[str, np.ndarray]
+    not_in_qrels: int
+    trec_file: str | None
+    trec_error: str | None
+
+
+def parse_run_spec(spec: str) -> tuple[str, str]:
+    """Split a CLI ``NAME=DIR[:ranked|:candidates]`` into (name, location)."""
+    name, sep, location = spec.partition("=")
+    if not sep or not name or not location:
+        raise RunInputError(f"--run {spec!r}: expected NAME=DIR, e.g. reranked=out/run1 or bm25=out/run1:candidates")
+    return name, location
+
+
+def resolve_run(name: str, location: str) -> RunSource:
+    """Find the Parquet files of run `name` at `location` and check their schema (driver only)."""
+    if not _NAME.match(name):
+        raise RunInputError(f"run name {name!r}: use letters, digits, '_', '-' or '.' (it names <name>.trec)")
+    base, kind = _split_kind(location)
+    fs, root = resolve_filesystem(base, f"run {name!r}")
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise RunInputError(f"run {name!r}: {base} does not exist")
+    folder = root
+    if info.type == pafs.FileType.Directory:
+        for sub in [kind] if kind else RUN_KINDS:
+            if fs.get_file_info(f"{root}/{sub}").type == pafs.FileType.Directory:
+                folder, kind = f"{root}/{sub}", sub
+                break
+    files = _parquet_files(fs, folder) if info.type == pafs.FileType.Directory else [root]
+    if not files:
+        raise RunInputError(f"run {name!r}: no *.parquet files under {base} (nor in ranked/ or candidates/)")
+    try:
+        schema = pq.read_schema(files[0], filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise RunInputError(f"run {name!r}: {files[0]} is not readable Parquet ({exc})") from None
+    kind = kind or _infer_kind(name, files[0], schema)
+    _check_run_schema(name, files[0], schema, SCORE_COLUMNS[kind])
+    return RunSource(name=name, location=location, kind=kind, filesystem=fs, files=tuple(files))
+
+
+def prepare_evaluation(qrels_path: str, runs: dict[str, str], ks: list[int] | tuple[int, ...]) -> EvaluationPlan:
+    """Read the qrels and resolve every run; raises a ValueError with a one-line message on bad input."""
+    if not runs:
+        raise RunInputError("no run to evaluate; pass at least one NAME=DIR")
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) != len(ks):
+        raise RunInputError(f"cutoffs {list(ks)}: expected distinct positive integers, e.g. 1,3,5,10,100")
+    qrels = read_qrels(qrels_path)
+    sources = tuple(resolve_run(name, location) for name, location in runs.items())
+    return EvaluationPlan(qrels_path=qrels_path, qrels=qrels, runs=sources, ks=tuple(sorted(ks)))
+
+
+def evaluate_runs(qrels_path: str, runs: dict[str, str], output: str, ks: list[int]) -> dict:
+    """Evaluate `runs` (name -> DIR[:kind], the first is the baseline) against the qrels at `qrels_path`.
+
+    Writes metrics.json, report.md, metrics.png and ``<name>.trec`` per run under `output` (local or
+    s3://) and returns the metrics.json content. Ray must already be initialised.
+    """
+    return run_evaluation(prepare_evaluation(qrels_path, runs, ks), output)
+
+
+def run_evaluation(plan: EvaluationPlan, output: str) -> dict:
+    """Run a validated plan on the cluster and write every output; metrics.json is written last."""
+    fs, out_root = resolve_filesystem(output, "output")
+    fs.create_dir(out_root, recursive=True)
+    qrels_ref = ray.put(plan.qrels)
+    results = [_evaluate_one(source, qrels_ref, plan.ks, fs, out_root) for source in plan.runs]
+    metrics = _metrics_document(plan, results)
+    _write_bytes(fs, f"{out_root}/{report.REPORT_FILE}", report.render_markdown(metrics).encode())
+    _write_bytes(fs, f"{out_root}/{report.PLOT_FILE}", report.render_plot(metrics))
+    _write_bytes(fs, f"{out_root}/{METRICS_FILE}", json.dumps(metrics, indent=1).encode())
+    return metrics
+
+
+def format_summary(metrics: dict) -> str:
+    """A few printable lines: the verdict and each run's headline means (for the demo and job logs)."""
+    return report.render_summary(metrics)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def _split_kind(location: str) -> tuple[str, RunKind | None]:
+    for kind in RUN_KINDS:
+        if location.endswith(f":{kind}"):
+            return location[: -len(kind) - 1], kind
+    return location, None
+
+
+def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    hidden = re.compile(r"(^|/)[._]")
+    return sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.path.endswith(".parquet")
+        and not hidden.search(i.path[len(folder) :])
+    )
+
+
+def _infer_kind(name: str, file: str, schema: pa.Schema) -> RunKind:
+    if SCORE in schema.names:
+        return "ranked"
+    if RETRIEVAL_SCORE in schema.names:
+        return "candidates"
+    raise RunInputError(
+        f"run {name!r}: {file} has neither {SCORE!r} (ranked output) nor {RETRIEVAL_SCORE!r} "
+        f"(candidates); columns present: {schema.names}"
+    )
+
+
+def _check_run_schema(name: str, file: str, schema: pa.Schema, score_column: str) -> None:
+    for col in (QUERY_ID, CANDIDATE_ID, score_column):
+        if col not in schema.names:
+            raise RunInputError(
+                f"run {name!r}: {file} lacks column {col!r} (columns present: {schema.names})"
+            )
+    for col in (QUERY_ID, CANDIDATE_ID):
+        t = schema.field(col).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)):
+            raise RunInputError(f"run {name!r}: {file} column {col!r} has type {t}, expected string")
+    t = schema.field(score_column).type
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+        raise RunInputError(f"run {name!r}: {file} column {score_column!r} has type {t}, expected float")
+
+
+def _evaluate_one(
+    source: RunSource, qrels_ref: ray.ObjectRef, ks: tuple[int, ...], fs: pafs.FileSystem, out_root: str
+) -> RunResult:
+    ds = ray.data.read_parquet(
+        list(source.files),
+        filesystem=source.filesystem,
+        columns=[QUERY_ID, CANDIDATE_ID, source.score_column],
+    )
+    per_query = ds.groupby(QUERY_ID).map_groups(
+        evaluate_query_group,
+        batch_format="pyarrow",
+        fn_kwargs={"qrels_ref": qrels_ref, "ks": list(ks), "score_column": source.score_column,
+                   "run_name": source.name},
+    )
+    names = metric_names(ks)
+    query_ids: list[str] = []
+    columns: dict[str, list[np.ndarray]] = {m: [] for m in names}
+    not_in_qrels, trec_error = 0, None
+    trec_name = f"{source.name}.trec"
+    trec_path = f"{out_root}/{trec_name}"
+    with fs.open_output_stream(trec_path) as trec:
+        for batch in per_query.iter_batches(batch_format="pyarrow", batch_size=None):
+            bad = batch[_TREC_BAD_ID].drop_null()
+            if trec_error is None and len(bad):
+                trec_error = (
+                    f"id {bad[0].as_py()!r} contains whitespace, which a TREC run file cannot hold"
+                )
+            if trec_error is None:
+                trec.write("".join(batch[_TREC_LINES].to_pylist()).encode())
+            judged = batch.filter(batch[_JUDGED])
+            not_in_qrels += batch.num_rows - judged.num_rows
+            query_ids.extend(judged[QUERY_ID].to_pylist())
+            for m in names:
+                columns[m].append(judged[m].to_numpy(zero_copy_only=False))
+    if trec_error is not None:
+        fs.delete_file(trec_path)
+    if not query_ids:
+        sample = next(iter(ray.get(qrels_ref)))
+        raise RunInputError(
+            f"run {source.name!r}: none of its queries is in the qrels (qrels ids look like {sample!r}); "
+            "check that both use the same query_id"
+        )
+    values = {m: np.concatenate(parts) for m, parts in columns.items()}
+    return RunResult(
+        source=source,
+        query_ids=query_ids,
+        values=values,
+        not_in_qrels=not_in_qrels,
+        trec_file=None if trec_error else trec_name,
+        trec_error=trec_error,
+    )
+
+
+def _metrics_document(plan: EvaluationPlan, results: list[RunResult]) -> dict[str, Any]:
+    names = metric_names(plan.ks)
+    runs = {}
+    for r in results:
+        evaluated = set(r.query_ids)
+        runs[r.source.name] = {
+            "source": r.source.location,
+            "kind": r.source.kind,
+            "score_column": r.source.score_column,
+            "queries_evaluated": len(r.query_ids),
+            "queries_missing_from_run": sum(1 for q in plan.qrels if q not in evaluated),
+            "queries_not_in_qrels": r.not_in_qrels,
+            "trec_file": r.trec_file,
+            "trec_file_error": r.trec_error,
+            "mean": {m: math.fsum(r.values[m].tolist()) / len(r.query_ids) for m in names},
+            "per_query": {
+                q: {m: float(r.values[m][i]) for m in names} for i, q in enumerate(r.query_ids)
+            },
+        }
+    baseline = results[0]
+    return {
+        "qrels": {"path": plan.qrels_path, **qrels_stats(plan.qrels)},
+        "ks": list(plan.ks),
+        "metrics": names,
+        "baseline": baseline.source.name,
+        "semantics": {
+            "tool": "trec_eval (ndcg_cut, recip_rank on the run cut at k, recall, P, map)",
+            "relevance_level": RELEVANCE_LEVEL,
+            "gain": "linear (the judged relevance value)",
+            "tie_order": "score descending, then doc id descending (trec_eval); the rank column is ignored",
+            "averaging": "mean over queries in both the run and the qrels (trec_eval default)",
+            "comparison": "paired over queries evaluated in both runs; two-sided paired t-test and "
+            "randomization test",
+        },
+        "runs": runs,
+        "comparisons": [_compare(baseline, r, names) for r in results[1:]],
+        "outputs": {"report": report.REPORT_FILE, "plot": report.PLOT_FILE, "metrics": METRICS_FILE},
+    }
+
+
+def _compare(baseline: RunResult, run: RunResult, names: list[str]) -> dict[str, Any]:
+    position = {q: i for i, q in enumerate(baseline.query_ids)}
+    pairs = [(position[q], i) for i, q in enumerate(run.query_ids) if q in position]
+    base_idx = np.array([b for b, _ in pairs], dtype=np.int64)
+    run_idx = np.array([r for _, r in pairs], dtype=np.int64)
+    base = np.stack([baseline.values[m][base_idx] for m in names], axis=1)
+    other = np.stack([run.values[m][run_idx] for m in names], axis=1)
+    diffs = other - base
+    rand_p = randomization_p_values(diffs) if len(pairs) else [None] * len(names)
+    out = {}
+    for j, m in enumerate(names):
+        base_mean = float(base[:, j].mean()) if len(pairs) else None
+        delta = float(diffs[:, j].mean()) if len(pairs) else None
+        out[m] = {
+            "baseline_mean": base_mean,
+            "run_mean": float(other[:, j].mean()) if len(pairs) else None,
+            "delta": delta,
+            "relative": delta / base_mean if base_mean else None,
+            "t_test_p": paired_t_test(base[:, j], other[:, j]),
+            "randomization_p": None if rand_p[j] is None else float(rand_p[j]),
+            "improved": int(np.count_nonzero(diffs[:, j] > 0)),
+            "hurt": int(np.count_nonzero(diffs[:, j] < 0)),
+            "tied": int(np.count_nonzero(diffs[:, j] == 0)),
+        }
+    return {"baseline": baseline.source.name, "run": run.source.name, "queries": len(pairs), "metrics": out}
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+_QRELS_CACHE: dict[str, Qrels] = {}
+
+
+def _cached_qrels(ref: ray.ObjectRef) -> Qrels:
+    # One deserialisation per worker process, not one per query group.
+    key = ref.hex()
+    if key not in _QRELS_CACHE:
+        _QRELS_CACHE.clear()
+        _QRELS_CACHE[key] = ray.get(ref)
+    return _QRELS_CACHE[key]
+
+
+def evaluate_query_group(
+    group: pa.Table, *, qrels_ref: ray.ObjectRef, ks: list[int], score_column: str, run_name: str
+) -> pa.Table:
+    """map_groups UDF: all candidates of one query in, one row of metrics and TREC run lines out."""
+    qids = pc.cast(group[QUERY_ID], pa.string())
+    docs_col = pc.cast(group[CANDIDATE_ID], pa.string())
+    qid = qids[0].as_py()
+    where = f"run {run_name!r} query {qid!r}"
+    if qid is None or docs_col.null_count or group[score_column].null_count:
+        raise RunInputError(f"{where}: null {QUERY_ID}, {CANDIDATE_ID} or {score_column}; drop those rows")
+    docs = docs_col.to_pylist()
+    scores = group[score_column].to_numpy().astype(np.float64)
+    if np.isnan(scores).any():
+        raise RunInputError(f"{where}: {score_column} is NaN for some candidates; trec_eval cannot order them")
+    if len(set(docs)) != len(docs):
+        dup = next(d for d in docs if docs.count(d) > 1)
+        raise RunInputError(f"{where}: candidate {dup!r} appears more than once; keep one row per pair")
+    judgements = _cached_qrels(qrels_ref).get(qid)
+    row: dict[str, Any] = {QUERY_ID: [qid], _JUDGED: [judgements is not None]}
+    names = metric_names(ks)
+    values = query_metrics(docs, scores, judgements, ks) if judgements is not None else {}
+    for m in names:
+        row[m] = pa.array([values.get(m)], pa.float64())
+    bad = next((s for s in [qid, *docs] if _WHITESPACE.search(s)), None)
+    row[_TREC_BAD_ID] = pa.array([bad], pa.string())
+    row[_TREC_LINES] = pa.array([None if bad else _trec_lines(qid, docs, scores, run_name)], pa.large_string())
+    return pa.table(row)
+
+
+def _trec_lines(qid: str, docs: list[str], scores: np.ndarray, tag: str) -> str:
+    from pipelines.metrics import trec_order
+
+    order = trec_order(docs, scores)
+    # repr() of the float64 value round-trips, so trec_eval reads back exactly the scores (and ties) we used.
+    return "".join(
+        f"{qid} Q0 {docs[i]} {rank} {float(scores[i])!r} {tag}\n" for rank, i in enumerate(order, start=1)
+    )

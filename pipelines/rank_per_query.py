@@ -1,0 +1,37 @@
+"""Stage: rank one query's candidates (1 = best score; ties by candidate_id ascending), optionally top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from schemas import columns as c
+from schemas.tables import RANKED_SCHEMA
+
+NEEDS = [c.QUERY_ID, c.CANDIDATE_ID, c.SCORE]
+ADDS = [c.RANK]
+
+
+def ranked_columns(schema_names: list[str]) -> list[str]:
+    extra = [name for name in c.PASSTHROUGH if name in schema_names]
+    return [*RANKED_SCHEMA.names, *extra]
+
+
+def rank_group(group: pa.Table, top_k: int | None = None) -> pa.Table:
+    """All rows of `group` share one query_id. Order: score desc, candidate_id asc, then input order,
+    so duplicate candidate ids get distinct, deterministic ranks and no row is lost."""
+    scores = group.column(c.SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
+    ids = np.asarray(group.column(c.CANDIDATE_ID).to_pylist(), dtype=object)
+    position = np.arange(group.num_rows)
+    order = sorted(position, key=lambda i: (-scores[i], ids[i], i))
+    if top_k is not None:
+        order = order[:top_k]
+    out = group.take(pa.array(order, pa.int64()))
+    out = out.append_column(c.RANK, pa.array(np.arange(1, len(order) + 1, dtype=np.int32)))
+    cols = ranked_columns(out.column_names)
+    return out.select(cols).cast(_schema_for(out.select(cols)))
+
+
+def _schema_for(table: pa.Table) -> pa.Schema:
+    fields = [RANKED_SCHEMA.field(n) if n in RANKED_SCHEMA.names else table.schema.field(n) for n in table.column_names]
+    return pa.schema(fields)

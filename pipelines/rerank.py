@@ -1,0 +1,238 @@
+"""The offline rerank pipeline: pairs Parquet in, ranked Parquet + errors + manifest.json out.
+
+read ─► validate ─► resolve media (CPU) ─► score (actor pool) ─► checkpoint scored/ ─► rank per query
+     ─► write ranked/ + errors/ ─► manifest.json (written last: its presence means the output is complete)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from actors.reranker import RerankerSpec, RerankWorker
+from pipelines import io
+from pipelines.rank_per_query import rank_group
+from pipelines.run_info import library_versions, model_fingerprint
+from pipelines.validate_pairs import validate_pairs
+from schemas import columns as c
+from schemas.tables import ERRORS_SCHEMA, InputError, check_pairs_schema
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Everything one rerank run needs; the CLI flags of `jobs.rerank` map onto it one to one."""
+
+    pairs: str
+    model: str
+    output: str
+    top_k: int | None = None
+    prompt: str | None = None
+    max_length: int | None = None
+    batch_tokens: int = 16384
+    block_rows: int = 2048
+    actors: int = 1
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    torch_threads: int | None = None
+    dtype: str = "auto"
+    run_id: str | None = None
+    media: dict = field(default_factory=dict)
+
+    def validate(self) -> RerankConfig:
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.actors < 1:
+            raise InputError(f"--actors must be >= 1, got {self.actors}")
+        if self.block_rows < 1:
+            raise InputError(f"--block-rows must be >= 1, got {self.block_rows}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise InputError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+        self.spec().validate()
+        return self
+
+    def spec(self) -> RerankerSpec:
+        return RerankerSpec(
+            model=self.model,
+            prompt=self.prompt,
+            max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
+            dtype=self.dtype,
+            torch_threads=self.torch_threads,
+        )
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: str
+
+    @property
+    def ranked(self) -> str:
+        return io.join(self.root, "ranked")
+
+    @property
+    def errors(self) -> str:
+        return io.join(self.root, "errors")
+
+    @property
+    def scored(self) -> str:
+        return io.join(self.root, "_scored")
+
+    @property
+    def scored_done(self) -> str:
+        return io.join(self.root, "_scored.json")
+
+    @property
+    def manifest(self) -> str:
+        return io.join(self.root, "manifest.json")
+
+
+def check_inputs(pairs: str) -> list[str]:
+    """Driver-side validation before any cluster work: files exist, every file's schema fits the contract."""
+    files = io.list_parquet(pairs)
+    for f in files:
+        check_pairs_schema(io.read_schema(f), where=f)
+    if io.count_rows(files) == 0:
+        raise InputError(f"{pairs}: the input has no rows")
+    return files
+
+
+def score_stage(ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker) -> ray.data.Dataset:
+    gpus = cfg.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return ds.map_batches(
+        worker_cls,
+        fn_constructor_kwargs={"spec": cfg.spec()},
+        batch_size=cfg.block_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_gpus=gpus,
+        num_cpus=cfg.cpus_per_actor,
+        udf_modifying_row_count=False,
+    )
+
+
+def to_errors(table: pa.Table) -> pa.Table:
+    bad = table.filter(pc.is_valid(table.column(c.ROW_ERROR)))
+    return pa.table(
+        {
+            c.QUERY_ID: bad.column(c.QUERY_ID),
+            c.CANDIDATE_ID: bad.column(c.CANDIDATE_ID),
+            c.STAGE: bad.column(c.ROW_STAGE),
+            c.ERROR: bad.column(c.ROW_ERROR),
+        },
+        schema=ERRORS_SCHEMA,
+    )
+
+
+def only_scored(table: pa.Table) -> pa.Table:
+    return table.filter(pc.is_null(table.column(c.ROW_ERROR)))
+
+
+def block_stats(table: pa.Table) -> pa.Table:
+    ok = pc.is_null(table.column(c.ROW_ERROR))
+    return pa.table(
+        {
+            "rows": [table.num_rows],
+            "scored": [pc.sum(pc.cast(ok, pa.int64())).as_py() or 0],
+            "tokens": [pc.sum(table.column(c.ROW_TOKENS)).as_py() or 0],
+            "padded_tokens": [pc.sum(table.column(c.ROW_PADDED)).as_py() or 0],
+            "unsorted_padded_tokens": [pc.sum(table.column(c.ROW_UNSORTED_PADDED)).as_py() or 0],
+        }
+    )
+
+
+def run_rerank(cfg: RerankConfig, worker_cls=RerankWorker, extra_stages=()) -> dict:
+    """Run (or resume) one rerank. Returns the manifest. Assumes `ray.init` was called."""
+    cfg.validate()
+    layout = OutputLayout(cfg.output)
+    run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if io.exists(layout.manifest):
+        manifest = io.read_json(layout.manifest)
+        if cfg.run_id is None or manifest.get("run_id") == run_id:
+            manifest["resumed"] = "already complete"
+            return manifest
+        raise InputError(
+            f"{cfg.output} already holds the complete run {manifest.get('run_id')!r}; choose another --output"
+        )
+    files = check_inputs(cfg.pairs)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    resumed_scoring = io.exists(layout.scored_done) and io.read_json(layout.scored_done).get("run_id") == run_id
+    if not resumed_scoring:
+        io.remove(layout.scored)
+        ds = ray.data.read_parquet(files, filesystem=io.pyarrow_filesystem(cfg.pairs))
+        ds = ds.map_batches(validate_pairs, batch_format="pyarrow", batch_size=None)
+        for stage in extra_stages:
+            ds = stage(ds)
+        ds = score_stage(ds, cfg, worker_cls)
+        t0 = time.perf_counter()
+        ds.write_parquet(layout.scored, filesystem=io.pyarrow_filesystem(cfg.output))
+        timings["score_s"] = time.perf_counter() - t0
+        io.write_json(layout.scored_done, {"run_id": run_id})
+
+    fs_out = io.pyarrow_filesystem(cfg.output)
+    scored = ray.data.read_parquet(layout.scored, filesystem=fs_out)
+    io.remove(layout.ranked)
+    io.remove(layout.errors)
+    t0 = time.perf_counter()
+    scored.map_batches(to_errors, batch_format="pyarrow").write_parquet(layout.errors, filesystem=fs_out)
+    (
+        scored.map_batches(only_scored, batch_format="pyarrow")
+        .groupby(c.QUERY_ID)
+        .map_groups(rank_group, fn_kwargs={"top_k": cfg.top_k}, batch_format="pyarrow")
+        .write_parquet(layout.ranked, filesystem=fs_out)
+    )
+    timings["rank_write_s"] = time.perf_counter() - t0
+
+    stats = scored.map_batches(block_stats, batch_format="pyarrow", batch_size=None).sum(
+        ["rows", "scored", "tokens", "padded_tokens", "unsorted_padded_tokens"]
+    )
+    ranked = ray.data.read_parquet(layout.ranked, filesystem=fs_out)
+    queries = ranked.filter(expr=ray.data.expressions.col(c.RANK) == 1).count()
+    timings["total_s"] = time.perf_counter() - started
+    manifest = _manifest(cfg, run_id, files, stats, queries, ranked.count(), timings, resumed_scoring)
+    io.remove(layout.scored)
+    io.remove(layout.scored_done)
+    io.write_json(layout.manifest, manifest)
+    return manifest
+
+
+def _manifest(cfg, run_id, files, stats, queries, ranked_rows, timings, resumed) -> dict:
+    rows, scored = int(stats["sum(rows)"]), int(stats["sum(scored)"])
+    tokens, padded = int(stats["sum(tokens)"]), int(stats["sum(padded_tokens)"])
+    unsorted = int(stats["sum(unsorted_padded_tokens)"])
+    score_s = timings.get("score_s")
+    return {
+        "run_id": run_id,
+        "model": {"id": cfg.model, **model_fingerprint(cfg.model)},
+        "config": asdict(cfg),
+        "input_files": files,
+        "counts": {
+            "pairs_in": rows,
+            "scored": scored,
+            "failed": rows - scored,
+            "queries": queries,
+            "ranked_rows": ranked_rows,
+        },
+        "tokens": {
+            "real": tokens,
+            "padded": padded,
+            "padding_efficiency": tokens / padded if padded else None,
+            "unsorted_fixed_batches_padded": unsorted,
+            "unsorted_fixed_batches_padding_efficiency": tokens / unsorted if unsorted else None,
+        },
+        "timings": timings,
+        "throughput": {
+            "pairs_per_s": scored / score_s if score_s else None,
+            "tokens_per_s": tokens / score_s if score_s else None,
+        },
+        "resumed_scoring": resumed,
+        "versions": library_versions(),
+    }

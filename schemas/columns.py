@@ -1,0 +1,46 @@
+"""Column names: the one place they are spelled out. Every other module imports them from here."""
+
+from __future__ import annotations
+
+# Pairs input / ranked output.
+QUERY_ID = "query_id"
+CANDIDATE_ID = "candidate_id"
+SCORE = "score"
+RANK = "rank"
+RETRIEVAL_SCORE = "retrieval_score"
+RETRIEVAL_RANK = "retrieval_rank"
+
+# Errors table.
+STAGE = "stage"
+ERROR = "error"
+
+# Corpus / queries / qrels.
+DOC_ID = "doc_id"
+RELEVANCE = "relevance"
+
+MODALITIES = ("text", "image", "audio", "video")
+MEDIA_MODALITIES = ("image", "audio", "video")
+
+
+def content_columns(side: str) -> list[str]:
+    """`query_text, query_image, ...` for side "query"; `candidate_*` for "candidate"; `doc_*` for "doc"."""
+    return [f"{side}_{m}" for m in MODALITIES]
+
+
+QUERY_CONTENT = content_columns("query")
+CANDIDATE_CONTENT = content_columns("candidate")
+DOC_CONTENT = content_columns("doc")
+PASSTHROUGH = [RETRIEVAL_SCORE, RETRIEVAL_RANK]
+
+# Internal helper columns carry this prefix and are dropped before anything is written for users.
+INTERNAL = "__"
+ROW_ERROR = "__error"  # null when the row is fine, else a readable reason
+ROW_STAGE = "__stage"  # the stage that set ROW_ERROR
+ROW_TOKENS = "__tokens"  # real (unpadded) tokens of the scored pair
+ROW_PADDED = "__padded_tokens"  # tokens the pair occupied in its padded micro-batch
+ROW_UNSORTED_PADDED = "__unsorted_padded_tokens"  # same, had the rows gone in input order, 32 per batch
+
+
+def media_payload_column(content_column: str) -> str:
+    """Internal column holding the decoded, in-memory form of a media reference column."""
+    return f"{INTERNAL}{content_column}"

@@ -1,0 +1,47 @@
+"""Session fixtures: tiny models built once, one local Ray instance shared by all integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def qwen3_causal(models_dir) -> Path:
+    """A plain Qwen3 causal-LM directory: CrossEncoder builds Transformer + LogitScore('yes', 'no')."""
+    from tests.tiny_models import build_causal_lm
+
+    return build_causal_lm(models_dir / "qwen3", arch="qwen3", seed=1)
+
+
+@pytest.fixture(scope="session")
+def llama_st_10(models_dir) -> Path:
+    """A saved sentence-transformers reranker on a Llama body with LogitScore('1', '0') and a default prompt."""
+    from tests.tiny_models import build_causal_lm, build_st_reranker
+
+    hf = build_causal_lm(models_dir / "llama", arch="llama", seed=2)
+    return build_st_reranker(hf, models_dir / "llama-st", "1", "0", prompt="Judge: does the document answer?")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
