@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As with an activated virtualenv: `python` in a submitted job's entrypoint is this interpreter.
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,12 +39,29 @@ def llama_st_10(models_dir) -> Path:
     return build_st_reranker(hf, models_dir / "llama-st", "1", "0", prompt="Judge: does the document answer?")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole test session."""
+    """One local Ray instance for the whole test session, with the dashboard on loopback so end-to-end
+    tests can `ray job submit` to the same instance. Yields the dashboard address."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=_free_port(),
+            log_to_driver=False,
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
+    from ray._private.worker import global_worker
+
+    yield "http://" + global_worker.node.address_info["webui_url"]
