@@ -21,7 +21,9 @@ def check_model_reference(model: str) -> None:
     if os.path.isdir(os.path.expanduser(model)):
         return
     if looks_like_path or os.path.exists(model):
-        raise ValueError(f"model {model!r} is not a directory; pass a saved model directory, a hub id, or s3://")
+        raise ValueError(
+            f"model {model!r} is not a directory; pass a saved model directory, a hub id, or s3://"
+        )
     if model.count("/") != 1:
         raise ValueError(f"model {model!r} is neither a local directory nor a hub id like 'org/name'")
 

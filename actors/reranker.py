@@ -151,7 +151,9 @@ class RerankWorker:
                 scores = scores.squeeze(-1)
         return scores.float().cpu().numpy()
 
-    def score_batches(self, pairs: list, batches: list[MicroBatch]) -> Iterator[tuple[MicroBatch, np.ndarray]]:
+    def score_batches(
+        self, pairs: list, batches: list[MicroBatch]
+    ) -> Iterator[tuple[MicroBatch, np.ndarray]]:
         for batch in batches:
             yield batch, self.score_batch([pairs[i] for i in batch.rows])
 
@@ -166,7 +168,11 @@ class RerankWorker:
         padded = np.zeros(n, dtype=np.int64)
         unsorted_padded = np.zeros(n, dtype=np.int64)
 
-        todo = [i for i in range(n) if errors[i] is None]
+        cached = _column_or_nulls(table, c.ROW_CACHED_SCORE)
+        for i, value in enumerate(cached):
+            if value is not None and errors[i] is None:
+                scores[i] = value
+        todo = [i for i in range(n) if errors[i] is None and cached[i] is None]
         pairs, build_errors = build_pairs(table, todo, self.model)
         for i, reason in build_errors.items():
             errors[i], stages[i] = reason, "score"
@@ -192,7 +198,8 @@ class RerankWorker:
                 tokens[targets] = lengths[ok[batch.rows]]
                 padded[targets] = batch.padded_length
 
-        out = table
+        # Decoded media stay here: the scored rows carry the references, not the pixels.
+        out = table.drop_columns([n for n in table.column_names if n in _MEDIA_PAYLOADS])
         for name in (c.SCORE, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS, c.ROW_PADDED, c.ROW_UNSORTED_PADDED):
             if name in out.column_names:
                 out = out.drop_columns([name])
@@ -238,6 +245,11 @@ class RerankWorker:
                     except Exception as exc:  # isolate the bad pair, keep scoring the rest
                         values.append(f"scoring failed: {type(exc).__name__}: {exc}".splitlines()[0])
                 yield batch, values
+
+
+_MEDIA_PAYLOADS = {
+    c.media_payload_column(f"{side}_{m}") for side in ("query", "candidate") for m in c.MEDIA_MODALITIES
+}
 
 
 def _column_or_nulls(table: pa.Table, name: str) -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from actors.media_loader import MediaSpec
 from pipelines.rerank import RerankConfig
 from schemas.tables import InputError
 
@@ -18,17 +19,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score query/candidate pairs with a CrossEncoder (Transformer + LogitScore) on a Ray actor "
         "pool and write ranked Parquet tables, an errors table and manifest.json under --output.",
     )
-    p.add_argument("--pairs", required=True, help="pairs Parquet: a file, a directory of shards or a glob; local or s3://")
+    p.add_argument(
+        "--pairs",
+        required=True,
+        help="pairs Parquet: a file, a directory of shards or a glob; local or s3://",
+    )
     p.add_argument(
         "--model",
         required=True,
         help="a sentence-transformers CrossEncoder directory, a plain causal-LM directory (scored as "
         "Transformer + LogitScore on 'yes'/'no'), a multimodal LM directory, a hub id, or an s3:// prefix",
     )
-    p.add_argument("--output", required=True, help="output directory (local or s3://): ranked/, errors/, manifest.json")
-    p.add_argument("--top-k", type=int, default=None, help="keep only the best K candidates per query (default: all)")
-    p.add_argument("--prompt", default=None, help="instruction passed as the prompt (default: the model's default prompt)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's limit)")
+    p.add_argument(
+        "--output", required=True, help="output directory (local or s3://): ranked/, errors/, manifest.json"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=None, help="keep only the best K candidates per query (default: all)"
+    )
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="instruction passed as the prompt (default: the model's default prompt)",
+    )
+    p.add_argument(
+        "--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's limit)"
+    )
     p.add_argument(
         "--batch-tokens",
         type=int,
@@ -49,16 +64,101 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs per scoring actor (default: 1 when the cluster has GPUs, else 0 = CPU)",
     )
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per scoring actor")
-    p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads in each actor (CPU scoring)")
+    p.add_argument(
+        "--torch-threads", type=int, default=None, help="torch intra-op threads in each actor (CPU scoring)"
+    )
     p.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],
         default="auto",
         help="model weights dtype (auto: bfloat16 on GPU, float32 on CPU)",
     )
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
-    p.add_argument("--run-id", default=None, help="run id; re-running with the same id resumes and never duplicates rows")
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)"
+    )
+    p.add_argument(
+        "--run-id", default=None, help="run id; re-running with the same id resumes and never duplicates rows"
+    )
+    _add_media_flags(p)
     return p
+
+
+def _add_media_flags(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group(
+        "media",
+        "query_/candidate_ image, audio and video columns hold references (a local path, file://, s3://, "
+        "http(s)://). CPU tasks fetch each distinct reference once per block and decode it; a reference "
+        "that fails any check below becomes one row in errors/ and the rest is scored.",
+    )
+    d = MediaSpec()
+    m.add_argument(
+        "--media-timeout",
+        type=float,
+        default=d.timeout_s,
+        help=f"seconds allowed to fetch one reference, connect to last byte (default: {d.timeout_s:g})",
+    )
+    m.add_argument(
+        "--max-media-bytes",
+        type=int,
+        default=d.max_bytes,
+        help=f"largest reference fetched, in bytes (default: {d.max_bytes})",
+    )
+    m.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=d.max_image_pixels,
+        help=f"largest image, and video frame, in width x height pixels (default: {d.max_image_pixels})",
+    )
+    m.add_argument(
+        "--max-audio-seconds",
+        type=float,
+        default=d.max_audio_seconds,
+        help=f"longest audio clip, in seconds (default: {d.max_audio_seconds:g})",
+    )
+    m.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=d.max_video_frames,
+        help=f"most frames in a video; every frame is decoded (default: {d.max_video_frames})",
+    )
+    m.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=d.max_video_seconds,
+        help=f"longest video, in seconds (default: {d.max_video_seconds:g})",
+    )
+    m.add_argument(
+        "--allowed-schemes",
+        default=",".join(d.allowed_schemes),
+        help="comma-separated reference schemes that may be fetched; 'file' covers local paths and file:// "
+        f"(default: {','.join(d.allowed_schemes)})",
+    )
+    m.add_argument(
+        "--media-fetch-threads",
+        type=int,
+        default=d.fetch_threads,
+        help=f"references fetched concurrently per block (default: {d.fetch_threads})",
+    )
+    m.add_argument(
+        "--s3-endpoint-url",
+        default=None,
+        help="S3-compatible endpoint for s3:// media, e.g. http://minio:9000 (default: the AWS_ENDPOINT_URL_S3 "
+        "or AWS_ENDPOINT_URL of the workers' environment, else AWS)",
+    )
+
+
+def media_spec_from_args(args: argparse.Namespace) -> MediaSpec:
+    return MediaSpec(
+        timeout_s=args.media_timeout,
+        max_bytes=args.max_media_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_audio_seconds=args.max_audio_seconds,
+        max_video_frames=args.max_video_frames,
+        max_video_seconds=args.max_video_seconds,
+        allowed_schemes=tuple(s.strip().lower() for s in args.allowed_schemes.split(",") if s.strip()),
+        fetch_threads=args.media_fetch_threads,
+        s3_endpoint_url=args.s3_endpoint_url,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> RerankConfig:
@@ -77,6 +177,7 @@ def config_from_args(args: argparse.Namespace) -> RerankConfig:
         torch_threads=args.torch_threads,
         dtype=args.dtype,
         run_id=args.run_id,
+        media=media_spec_from_args(args),
     )
 
 
@@ -90,8 +191,12 @@ def summary(manifest: dict, output: str) -> str:
             f"run {manifest['run_id']}: {counts['pairs_in']} pairs, {counts['scored']} scored, "
             f"{counts['failed']} errors, {counts['queries']} queries",
             f"ranked tables: {output.rstrip('/')}/ranked/   errors: {output.rstrip('/')}/errors/",
-            f"throughput: {pairs_s:.1f} pairs/s" if pairs_s else "throughput: (scoring resumed from checkpoint)",
-            f"padding efficiency: {eff:.3f} (unsorted fixed batches of 32: {base:.3f})" if eff and base else "",
+            f"throughput: {pairs_s:.1f} pairs/s"
+            if pairs_s
+            else "throughput: (scoring resumed from checkpoint)",
+            f"padding efficiency: {eff:.3f} (unsorted fixed batches of 32: {base:.3f})"
+            if eff and base
+            else "",
         ]
     ).strip()
 

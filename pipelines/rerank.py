@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from actors.media_loader import MEDIA_COLUMNS, MediaSpec, resolve_media
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import io
 from pipelines.rank_per_query import rank_group
@@ -41,7 +42,7 @@ class RerankConfig:
     torch_threads: int | None = None
     dtype: str = "auto"
     run_id: str | None = None
-    media: dict = field(default_factory=dict)
+    media: MediaSpec = field(default_factory=MediaSpec)  # fetch/decode limits of the media stage
 
     def validate(self) -> RerankConfig:
         if self.top_k is not None and self.top_k < 1:
@@ -53,6 +54,7 @@ class RerankConfig:
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise InputError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
         self.spec().validate()
+        self.media.validate()
         return self
 
     def spec(self) -> RerankerSpec:
@@ -117,6 +119,64 @@ def score_stage(ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker
     )
 
 
+ROWS_PER_RANK_PARTITION = 200_000
+
+
+def rank_partitions(rows: int) -> int:
+    """Hash partitions for the per-query ranking shuffle: enough to spread big runs over the cluster, few
+    for small ones (each partition is a reduce task and at least one output file)."""
+    return max(
+        1,
+        min(
+            ray.data.DataContext.get_current().default_hash_shuffle_parallelism,
+            -(-rows // ROWS_PER_RANK_PARTITION),
+        ),
+    )
+
+
+def media_columns_with_values(files: list[str]) -> list[str]:
+    """The media columns that hold at least one reference in `files`, from Parquet statistics (no data
+    read); a column without statistics counts as holding values."""
+    import pyarrow.parquet as pq
+
+    found: set[str] = set()
+    for uri in files:
+        fs, path = io.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+        for j, name in enumerate(names):
+            if name not in MEDIA_COLUMNS or name in found:
+                continue
+            for g in range(meta.num_row_groups):
+                group = meta.row_group(g)
+                stats = group.column(j).statistics
+                if stats is None or not stats.has_null_count or stats.null_count < group.num_rows:
+                    found.add(name)
+                    break
+    return [name for name in MEDIA_COLUMNS if name in found]
+
+
+def media_stage(ds: ray.data.Dataset, cfg: RerankConfig) -> ray.data.Dataset:
+    """Fetch and decode media references in CPU tasks, one block of `block_rows` rows at a time (a
+    reference shared by pairs of a block is fetched once)."""
+    return ds.map_batches(
+        resolve_media,
+        fn_kwargs={"spec": cfg.media},
+        batch_size=cfg.block_rows,
+        batch_format="pyarrow",
+        num_cpus=1,
+        udf_modifying_row_count=False,
+        # A stage with a remote-args function is never fused into its neighbours, so fetching and
+        # decoding stay in CPU tasks even where the scoring actors ask for the same resources (CPU runs).
+        ray_remote_args_fn=_no_extra_remote_args,
+    )
+
+
+def _no_extra_remote_args() -> dict:
+    return {}
+
+
 def to_errors(table: pa.Table) -> pa.Table:
     bad = table.filter(pc.is_valid(table.column(c.ROW_ERROR)))
     return pa.table(
@@ -147,6 +207,11 @@ def block_stats(table: pa.Table) -> pa.Table:
     )
 
 
+def ranked_stats(table: pa.Table) -> pa.Table:
+    firsts = pc.sum(pc.cast(pc.equal(table.column(c.RANK), 1), pa.int64())).as_py() or 0
+    return pa.table({"rows": [table.num_rows], "queries": [firsts]})
+
+
 def run_rerank(cfg: RerankConfig, worker_cls=RerankWorker, extra_stages=()) -> dict:
     """Run (or resume) one rerank. Returns the manifest. Assumes `ray.init` was called."""
     cfg.validate()
@@ -161,16 +226,21 @@ def run_rerank(cfg: RerankConfig, worker_cls=RerankWorker, extra_stages=()) -> d
             f"{cfg.output} already holds the complete run {manifest.get('run_id')!r}; choose another --output"
         )
     files = check_inputs(cfg.pairs)
+    total_rows = io.count_rows(files)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    resumed_scoring = io.exists(layout.scored_done) and io.read_json(layout.scored_done).get("run_id") == run_id
+    resumed_scoring = (
+        io.exists(layout.scored_done) and io.read_json(layout.scored_done).get("run_id") == run_id
+    )
     if not resumed_scoring:
         io.remove(layout.scored)
         ds = ray.data.read_parquet(files, filesystem=io.pyarrow_filesystem(cfg.pairs))
         ds = ds.map_batches(validate_pairs, batch_format="pyarrow", batch_size=None)
         for stage in extra_stages:
             ds = stage(ds)
+        if media_columns_with_values(files):
+            ds = media_stage(ds, cfg)
         ds = score_stage(ds, cfg, worker_cls)
         t0 = time.perf_counter()
         ds.write_parquet(layout.scored, filesystem=io.pyarrow_filesystem(cfg.output))
@@ -185,7 +255,7 @@ def run_rerank(cfg: RerankConfig, worker_cls=RerankWorker, extra_stages=()) -> d
     scored.map_batches(to_errors, batch_format="pyarrow").write_parquet(layout.errors, filesystem=fs_out)
     (
         scored.map_batches(only_scored, batch_format="pyarrow")
-        .groupby(c.QUERY_ID)
+        .groupby(c.QUERY_ID, num_partitions=rank_partitions(total_rows))
         .map_groups(rank_group, fn_kwargs={"top_k": cfg.top_k}, batch_format="pyarrow")
         .write_parquet(layout.ranked, filesystem=fs_out)
     )
@@ -194,10 +264,21 @@ def run_rerank(cfg: RerankConfig, worker_cls=RerankWorker, extra_stages=()) -> d
     stats = scored.map_batches(block_stats, batch_format="pyarrow", batch_size=None).sum(
         ["rows", "scored", "tokens", "padded_tokens", "unsorted_padded_tokens"]
     )
-    ranked = ray.data.read_parquet(layout.ranked, filesystem=fs_out)
-    queries = ranked.filter(expr=ray.data.expressions.col(c.RANK) == 1).count()
+    ranked = ray.data.read_parquet(layout.ranked, filesystem=fs_out).map_batches(
+        ranked_stats, batch_format="pyarrow", batch_size=None
+    )
+    ranked_counts = ranked.sum(["rows", "queries"])
     timings["total_s"] = time.perf_counter() - started
-    manifest = _manifest(cfg, run_id, files, stats, queries, ranked.count(), timings, resumed_scoring)
+    manifest = _manifest(
+        cfg,
+        run_id,
+        files,
+        stats,
+        int(ranked_counts["sum(queries)"]),
+        int(ranked_counts["sum(rows)"]),
+        timings,
+        resumed_scoring,
+    )
     io.remove(layout.scored)
     io.remove(layout.scored_done)
     io.write_json(layout.manifest, manifest)

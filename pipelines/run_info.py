@@ -34,7 +34,7 @@ def model_fingerprint(model: str) -> dict:
             full = os.path.join(root, name)
             rel = os.path.relpath(full, path)
             h.update(rel.encode())
-            if name in SMALL_FILES or name.endswith((".jinja", ".json")) and os.path.getsize(full) < 1 << 20:
+            if name in SMALL_FILES or (name.endswith((".jinja", ".json")) and os.path.getsize(full) < 1 << 20):
                 with open(full, "rb") as f:
                     h.update(f.read())
             else:

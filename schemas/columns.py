@@ -38,6 +38,7 @@ ROW_ERROR = "__error"  # null when the row is fine, else a readable reason
 ROW_STAGE = "__stage"  # the stage that set ROW_ERROR
 ROW_TOKENS = "__tokens"  # real (unpadded) tokens of the scored pair
 ROW_PADDED = "__padded_tokens"  # tokens the pair occupied in its padded micro-batch
+ROW_CACHED_SCORE = "__cached_score"  # a score known from an earlier run: the row is not scored again
 ROW_UNSORTED_PADDED = "__unsorted_padded_tokens"  # same, had the rows gone in input order, 32 per batch
 
 

@@ -78,7 +78,9 @@ def check_schema(
         for col in present:
             t = schema.field(col).type
             if not _is_string(t):
-                raise InputError(f"{where}: column {col!r} has type {t}, expected string (text or a media URI)")
+                raise InputError(
+                    f"{where}: column {col!r} has type {t}, expected string (text or a media URI)"
+                )
     for col, kind in (numeric or {}).items():
         if col in names:
             t = schema.field(col).type

@@ -10,16 +10,41 @@ import pyarrow.parquet as pq
 
 def adversarial_pairs(n_queries: int = 6, per_query: int = 7) -> pa.Table:
     rows = []
-    words = "ray data streams blocks to actors that hold models and score pairs".split()
+    words = ["ray", "data", "streams", "blocks", "to", "actors", "that", "hold", "models", "and", "score", "pairs"]
     for q in range(n_queries):
         for k in range(per_query):
             text = " ".join(words[(q + k + j) % len(words)] for j in range(3 + 5 * k))
-            rows.append({"query_id": f"q{q}", "candidate_id": f"d{k}", "query_text": f"query {q} ünïcødé 東京", "candidate_text": text})
-    rows.append({"query_id": "q0", "candidate_id": "d1", "query_text": "query 0 ünïcødé 東京", "candidate_text": "duplicate id"})
+            rows.append(
+                {
+                    "query_id": f"q{q}",
+                    "candidate_id": f"d{k}",
+                    "query_text": f"query {q} ünïcødé 東京",
+                    "candidate_text": text,
+                }
+            )
+    rows.append(
+        {
+            "query_id": "q0",
+            "candidate_id": "d1",
+            "query_text": "query 0 ünïcødé 東京",
+            "candidate_text": "duplicate id",
+        }
+    )
     rows.append({"query_id": "q1", "candidate_id": "empty", "query_text": "query 1", "candidate_text": ""})
-    rows.append({"query_id": "q2", "candidate_id": "long", "query_text": "query 2", "candidate_text": "word " * 3000})
-    rows.append({"query_id": "q3", "candidate_id": "nocontent", "query_text": "query 3", "candidate_text": None})
-    rows.append({"query_id": "q4", "candidate_id": "emoji", "query_text": "🙂 query", "candidate_text": "Привет мир 🙂"})
+    rows.append(
+        {"query_id": "q2", "candidate_id": "long", "query_text": "query 2", "candidate_text": "word " * 3000}
+    )
+    rows.append(
+        {"query_id": "q3", "candidate_id": "nocontent", "query_text": "query 3", "candidate_text": None}
+    )
+    rows.append(
+        {
+            "query_id": "q4",
+            "candidate_id": "emoji",
+            "query_text": "🙂 query",
+            "candidate_text": "Привет мир 🙂",
+        }
+    )
     return pa.Table.from_pylist(rows)
 
 

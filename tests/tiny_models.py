@@ -97,7 +97,8 @@ def build_st_reranker(
     )
     tok = transformer.tokenizer
     score = LogitScore(
-        true_token_id=tok.convert_tokens_to_ids(true_token), false_token_id=tok.convert_tokens_to_ids(false_token)
+        true_token_id=tok.convert_tokens_to_ids(true_token),
+        false_token_id=tok.convert_tokens_to_ids(false_token),
     )
     prompts = {"judge": prompt} if prompt else {}
     model = CrossEncoder(

@@ -18,7 +18,19 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 def submit(dashboard: str, *job_args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    cmd = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--", "python", "-m", *job_args]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        dashboard,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "-m",
+        *job_args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
@@ -27,8 +39,22 @@ def test_rerank_job_submitted_to_cluster(ray_session, tmp_path, qwen3_causal):
     table = adversarial_pairs()
     pairs = write_shards(table, tmp_path / "pairs")
     out = tmp_path / "out"
-    res = submit(ray_session, "jobs.rerank", "--pairs", str(pairs), "--model", str(qwen3_causal),
-                 "--output", str(out), "--top-k", "5", "--max-length", "64", "--run-id", "e2e-1")
+    res = submit(
+        ray_session,
+        "jobs.rerank",
+        "--pairs",
+        str(pairs),
+        "--model",
+        str(qwen3_causal),
+        "--output",
+        str(out),
+        "--top-k",
+        "5",
+        "--max-length",
+        "64",
+        "--run-id",
+        "e2e-1",
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in res.stdout + res.stderr
     assert (out / "manifest.json").exists()
@@ -37,15 +63,25 @@ def test_rerank_job_submitted_to_cluster(ray_session, tmp_path, qwen3_causal):
     assert len(queries) == 6
     assert all(1 <= r["rank"] <= 5 for r in ranked)
     errors = pq.read_table(out / "errors").to_pylist()
-    assert [(e["query_id"], e["candidate_id"], e["stage"]) for e in errors] == [("q3", "nocontent", "validate")]
+    assert [(e["query_id"], e["candidate_id"], e["stage"]) for e in errors] == [
+        ("q3", "nocontent", "validate")
+    ]
 
 
 @pytest.mark.slow
 def test_submitted_job_with_bad_input_fails_with_one_line(ray_session, tmp_path, qwen3_causal):
     table = adversarial_pairs().drop_columns(["candidate_id"])
     pq.write_table(table, tmp_path / "bad.parquet")
-    res = submit(ray_session, "jobs.rerank", "--pairs", str(tmp_path / "bad.parquet"), "--model",
-                 str(qwen3_causal), "--output", str(tmp_path / "out"))
+    res = submit(
+        ray_session,
+        "jobs.rerank",
+        "--pairs",
+        str(tmp_path / "bad.parquet"),
+        "--model",
+        str(qwen3_causal),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert res.returncode != 0
     assert "missing required column 'candidate_id'" in res.stdout + res.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -38,13 +38,20 @@ def read_ranked(out):
     ("model_fixture", "prompt", "worker"),
     [("qwen3_causal", None, RerankWorker), ("llama_st_10", "Is it relevant?", ShuffledWorker)],
 )
-def test_scores_equal_predict_and_nothing_is_lost(request, ray_session, tmp_path, model_fixture, prompt, worker):
+def test_scores_equal_predict_and_nothing_is_lost(
+    request, ray_session, tmp_path, model_fixture, prompt, worker
+):
     model_dir = request.getfixturevalue(model_fixture)
     table = adversarial_pairs()
     pairs = write_shards(table, tmp_path / "pairs")
     cfg = RerankConfig(
-        pairs=str(pairs), model=str(model_dir), output=str(tmp_path / "out"), prompt=prompt,
-        max_length=64, batch_tokens=300, block_rows=16,
+        pairs=str(pairs),
+        model=str(model_dir),
+        output=str(tmp_path / "out"),
+        prompt=prompt,
+        max_length=64,
+        batch_tokens=300,
+        block_rows=16,
     )
     manifest = run_rerank(cfg, worker_cls=worker)
 
@@ -55,8 +62,14 @@ def test_scores_equal_predict_and_nothing_is_lost(request, ray_session, tmp_path
     assert manifest["counts"]["pairs_in"] == table.num_rows
     assert manifest["counts"]["scored"] + manifest["counts"]["failed"] == table.num_rows
     assert len(ranked) == len(good) and len(errors) == table.num_rows - len(good)
-    assert errors == [{"query_id": "q3", "candidate_id": "nocontent", "stage": "validate",
-                       "error": "candidate has no content: candidate_text/_image/_audio/_video all null"}]
+    assert errors == [
+        {
+            "query_id": "q3",
+            "candidate_id": "nocontent",
+            "stage": "validate",
+            "error": "candidate has no content: candidate_text/_image/_audio/_video all null",
+        }
+    ]
     # Each (query, candidate, text) row is scored exactly once; duplicates ids keep both rows.
     key = lambda r: (r["query_id"], r["candidate_id"])  # noqa: E731
     got_by_key: dict = {}
@@ -84,7 +97,11 @@ def test_scores_equal_predict_and_nothing_is_lost(request, ray_session, tmp_path
 def test_top_k_and_query_files(ray_session, tmp_path, qwen3_causal):
     table = adversarial_pairs()
     pairs = write_shards(table, tmp_path / "pairs", shards=4)
-    run_rerank(RerankConfig(pairs=str(pairs), model=str(qwen3_causal), output=str(tmp_path / "out"), top_k=3, max_length=64))
+    run_rerank(
+        RerankConfig(
+            pairs=str(pairs), model=str(qwen3_causal), output=str(tmp_path / "out"), top_k=3, max_length=64
+        )
+    )
     files = list((tmp_path / "out" / "ranked").glob("*.parquet"))
     seen: dict = {}
     for f in files:
