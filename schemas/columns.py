@@ -18,6 +18,14 @@ ERROR = "error"
 DOC_ID = "doc_id"
 RELEVANCE = "relevance"
 
+# Embedding tables and the score cache of the nightly refresh.
+CONTENT_HASH = "content_hash"  # sha256 of a row's canonical content (see pipelines.content_hash)
+EMBEDDING = "embedding"  # fixed_size_list<float32>[dim]
+EMBEDDING_MODEL = "embedding_model"  # "<model id>@<revision>" that produced the embedding
+EMBEDDED_RUN = "embedded_run"  # the run id that computed the embedding (older than this run when reused)
+CACHE_KEY = "cache_key"  # sha256 of (query hash, doc hash, reranker id, revision, prompt)
+SCORED_RUN = "scored_run"  # the run id that computed a cached score
+
 MODALITIES = ("text", "image", "audio", "video")
 MEDIA_MODALITIES = ("image", "audio", "video")
 
@@ -40,6 +48,8 @@ ROW_TOKENS = "__tokens"  # real (unpadded) tokens of the scored pair
 ROW_PADDED = "__padded_tokens"  # tokens the pair occupied in its padded micro-batch
 ROW_CACHED_SCORE = "__cached_score"  # a score known from an earlier run: the row is not scored again
 ROW_UNSORTED_PADDED = "__unsorted_padded_tokens"  # same, had the rows gone in input order, 32 per batch
+ROW_CACHE_KEY = "__cache_key"  # the pair's score-cache key (see pipelines.score_cache)
+ROW_SIDE = "__side"  # which input of a co-partitioned join a row came from (see pipelines.keyed_join)
 
 
 def media_payload_column(content_column: str) -> str:
