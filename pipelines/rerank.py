@@ -71,6 +71,7 @@ class RerankConfig:
 @dataclass(frozen=True)
 class OutputLayout:
     root: str
+    manifest_name: str = "manifest.json"
 
     @property
     def ranked(self) -> str:
@@ -90,7 +91,7 @@ class OutputLayout:
 
     @property
     def manifest(self) -> str:
-        return io.join(self.root, "manifest.json")
+        return io.join(self.root, self.manifest_name)
 
 
 def check_inputs(pairs: str) -> list[str]:
@@ -212,10 +213,21 @@ def ranked_stats(table: pa.Table) -> pa.Table:
     return pa.table({"rows": [table.num_rows], "queries": [firsts]})
 
 
-def run_rerank(cfg: RerankConfig, worker_cls=RerankWorker, extra_stages=()) -> dict:
-    """Run (or resume) one rerank. Returns the manifest. Assumes `ray.init` was called."""
+def run_rerank(
+    cfg: RerankConfig,
+    worker_cls=RerankWorker,
+    extra_stages=(),
+    *,
+    manifest_name: str = "manifest.json",
+    keep_scored: bool = False,
+) -> dict:
+    """Run (or resume) one rerank. Returns the manifest. Assumes `ray.init` was called.
+
+    A job that composes this one (the nightly refresh) passes `manifest_name` to keep `manifest.json`,
+    written last, for its own manifest, and `keep_scored` to read every scored pair from `_scored/`
+    (internal columns included) before removing it itself."""
     cfg.validate()
-    layout = OutputLayout(cfg.output)
+    layout = OutputLayout(cfg.output, manifest_name)
     run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if io.exists(layout.manifest):
         manifest = io.read_json(layout.manifest)
@@ -279,8 +291,9 @@ def run_rerank(cfg: RerankConfig, worker_cls=RerankWorker, extra_stages=()) -> d
         timings,
         resumed_scoring,
     )
-    io.remove(layout.scored)
-    io.remove(layout.scored_done)
+    if not keep_scored:
+        io.remove(layout.scored)
+        io.remove(layout.scored_done)
     io.write_json(layout.manifest, manifest)
     return manifest
 
