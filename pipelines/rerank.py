@@ -135,9 +135,9 @@ def rank_partitions(rows: int) -> int:
     )
 
 
-def media_columns_with_values(files: list[str]) -> list[str]:
-    """The media columns that hold at least one reference in `files`, from Parquet statistics (no data
-    read); a column without statistics counts as holding values."""
+def media_columns_with_values(files: list[str], columns: list[str] = MEDIA_COLUMNS) -> list[str]:
+    """The media columns (of `columns`) that hold at least one reference in `files`, from Parquet
+    statistics (no data read); a column without statistics counts as holding values."""
     import pyarrow.parquet as pq
 
     found: set[str] = set()
@@ -147,7 +147,7 @@ def media_columns_with_values(files: list[str]) -> list[str]:
             meta = pq.ParquetFile(f).metadata
         names = [meta.schema.column(j).name for j in range(meta.num_columns)]
         for j, name in enumerate(names):
-            if name not in MEDIA_COLUMNS or name in found:
+            if name not in columns or name in found:
                 continue
             for g in range(meta.num_row_groups):
                 group = meta.row_group(g)
@@ -155,7 +155,7 @@ def media_columns_with_values(files: list[str]) -> list[str]:
                 if stats is None or not stats.has_null_count or stats.null_count < group.num_rows:
                     found.add(name)
                     break
-    return [name for name in MEDIA_COLUMNS if name in found]
+    return [name for name in columns if name in found]
 
 
 def media_stage(ds: ray.data.Dataset, cfg: RerankConfig) -> ray.data.Dataset:
