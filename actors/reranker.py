@@ -17,9 +17,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from actors.fast_paths import SCORE_PATHS, PrefixReuse, ScorePath, apply_fast_paths, finish_scores
 from actors.model_source import check_model_reference, materialize
 from actors.pair_inputs import build_pairs
-from actors.token_budget import MicroBatch, pack_by_tokens
+from actors.token_budget import MicroBatch, pack_by_groups, pack_by_tokens
 from schemas import columns as c
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -40,6 +41,10 @@ class RerankerSpec:
     torch_threads: int | None = None
     trust_remote_code: bool = False
     revision: str | None = None
+    score_path: ScorePath = "logit"  # "hidden": Transformer(feature-extraction) + Pooling + Dense, no LM head
+    fp32_head: bool = False  # compute the score head in fp32 under bf16/fp16 weights (no bf16 ties)
+    prefix_reuse: bool = False  # run a query's shared instruction+query prefix once per micro-batch
+    attn_implementation: str | None = None  # e.g. "flash_attention_2" (unpads the hidden path on GPU)
 
     def validate(self) -> RerankerSpec:
         check_model_reference(self.model)
@@ -49,6 +54,8 @@ class RerankerSpec:
             raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        if self.score_path not in SCORE_PATHS:
+            raise ValueError(f"score_path {self.score_path!r} is not one of {', '.join(SCORE_PATHS)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +87,8 @@ def load_cross_encoder(spec: RerankerSpec):
         revision=spec.revision,
         model_kwargs={"dtype": dtype},
     )
+    if spec.attn_implementation is not None:
+        kwargs["model_kwargs"]["attn_implementation"] = spec.attn_implementation
     if spec.max_length is not None:
         kwargs["max_length"] = spec.max_length
     if _is_multimodal_lm_without_modules(path):
@@ -119,9 +128,14 @@ class RerankWorker:
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
         self.spec = spec
-        self.model = load_cross_encoder(spec)
+        self.model = apply_fast_paths(load_cross_encoder(spec), spec.score_path, spec.fp32_head)
         self.model.eval()
         self.device = self.model.device
+        self.prefix = PrefixReuse(self.model) if spec.prefix_reuse else None
+        # As CrossEncoder.predict does: no explicit prompt means the model's default prompt, if it has one.
+        self.prompt = spec.prompt
+        if self.prompt is None and self.model.default_prompt_name is not None:
+            self.prompt = self.model.prompts.get(self.model.default_prompt_name)
 
     # -- scoring primitives (overridable by tests: a double can reorder the batches it yields) ---------
 
@@ -130,26 +144,22 @@ class RerankWorker:
         lengths = np.zeros(len(pairs), dtype=np.int64)
         for start in range(0, len(pairs), LENGTH_PROBE_ROWS):
             chunk = pairs[start : start + LENGTH_PROBE_ROWS]
-            features = self.model.preprocess(chunk, prompt=self.spec.prompt)
+            features = self.model.preprocess(chunk, prompt=self.prompt)
             lengths[start : start + len(chunk)] = features["attention_mask"].sum(dim=1).cpu().numpy()
         return lengths
 
     def score_batch(self, pairs: list) -> np.ndarray:
-        """One micro-batch through `preprocess` + forward + activation, as `CrossEncoder.predict` does."""
+        """One micro-batch through `preprocess` + forward + activation, as `CrossEncoder.predict` does
+        (or, with prefix reuse, one query's candidates against its shared prefix computed once)."""
         import torch
         from sentence_transformers.util import batch_to_device
 
+        if self.prefix is not None and self.prefix.applies(pairs):
+            return self.prefix.score(pairs, prompt=self.prompt)
         with torch.inference_mode():
-            features = self.model.preprocess(pairs, prompt=self.spec.prompt)
+            features = self.model.preprocess(pairs, prompt=self.prompt)
             features = batch_to_device(features, self.device)
-            scores = self.model(features)["scores"]
-            if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
-                scores = scores.float()
-            if self.model.activation_fn is not None:
-                scores = self.model.activation_fn(scores)
-            if scores.ndim > 1:
-                scores = scores.squeeze(-1)
-        return scores.float().cpu().numpy()
+            return finish_scores(self.model, self.model(features)["scores"])
 
     def score_batches(
         self, pairs: list, batches: list[MicroBatch]
@@ -184,7 +194,11 @@ class RerankWorker:
                 errors[rows[k]], stages[rows[k]] = reason, "score"
             ok = np.asarray([k for k in range(len(pairs)) if k not in bad], dtype=np.int64)
             ok_pairs = [pairs[k] for k in ok]
-            batches = pack_by_tokens(lengths[ok], self.spec.batch_tokens)
+            if self.prefix is not None:  # micro-batches never mix queries, so each shares one prefix
+                queries = [p[0] if isinstance(p[0], str) else None for p in ok_pairs]
+                batches = pack_by_groups(lengths[ok], queries, self.spec.batch_tokens)
+            else:
+                batches = pack_by_tokens(lengths[ok], self.spec.batch_tokens)
             for start in range(0, len(ok), BASELINE_BATCH_ROWS):
                 chunk = ok[start : start + BASELINE_BATCH_ROWS]
                 unsorted_padded[rows[chunk]] = lengths[chunk].max()

@@ -40,6 +40,21 @@ def pack_by_tokens(lengths: np.ndarray, batch_tokens: int, max_rows: int | None 
     return batches
 
 
+def pack_by_groups(lengths: np.ndarray, groups: list, batch_tokens: int) -> list[MicroBatch]:
+    """`pack_by_tokens` within each group (e.g. one query's candidates), so no micro-batch mixes groups.
+    Rows whose group is None are packed together as one more group."""
+    lengths = np.asarray(lengths)
+    members: dict = {}
+    for row, key in enumerate(groups):
+        members.setdefault(key, []).append(row)
+    batches: list[MicroBatch] = []
+    for rows in members.values():
+        rows = np.asarray(rows, dtype=np.int64)
+        for batch in pack_by_tokens(lengths[rows], batch_tokens):
+            batches.append(MicroBatch(rows=rows[batch.rows], padded_length=batch.padded_length))
+    return batches
+
+
 def padding_efficiency(lengths: np.ndarray, batches: list[MicroBatch]) -> float:
     """Real tokens / padded tokens over the batches (1.0 = no padding at all)."""
     padded = sum(b.padded_tokens for b in batches)

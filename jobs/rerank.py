@@ -79,8 +79,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run-id", default=None, help="run id; re-running with the same id resumes and never duplicates rows"
     )
+    add_fast_path_flags(p)
     _add_media_flags(p)
     return p
+
+
+def add_fast_path_flags(p: argparse.ArgumentParser) -> None:
+    """Exact speed-ups: each returns the scores CrossEncoder.predict returns (held to 1e-5 in fp32 by the
+    tests; `python -m jobs.benchmark` measures them). See docs/benchmark.md for when each one pays."""
+    g = p.add_argument_group("scoring speed-ups (exact)")
+    g.add_argument(
+        "--score-path",
+        choices=["logit", "hidden"],
+        default="logit",
+        help="logit: Transformer(text-generation) + LogitScore, as saved; hidden: the same weights as "
+        "Transformer(feature-extraction) + Pooling(lasttoken) + Dense(lm_head[true] - lm_head[false]), which "
+        "skips the LM head and, with --attn-implementation flash_attention_2 on GPU, runs unpadded",
+    )
+    g.add_argument(
+        "--fp32-head",
+        action="store_true",
+        help="compute the score head (LM head or Dense) in fp32 under bf16/fp16 weights, so low precision "
+        "does not round nearby scores into ties",
+    )
+    g.add_argument(
+        "--prefix-reuse",
+        action="store_true",
+        help="for a query's candidates, run the shared instruction+query tokens once and the documents "
+        "against their cached keys/values (causal text rerankers; pays on short documents)",
+    )
+    g.add_argument(
+        "--attn-implementation",
+        default=None,
+        help="transformers attention kernel for the model, e.g. sdpa, eager, flash_attention_2 "
+        "(default: the library's choice, sdpa)",
+    )
 
 
 def _add_media_flags(p: argparse.ArgumentParser) -> None:
@@ -176,6 +209,10 @@ def config_from_args(args: argparse.Namespace) -> RerankConfig:
         cpus_per_actor=args.cpus_per_actor,
         torch_threads=args.torch_threads,
         dtype=args.dtype,
+        score_path=args.score_path,
+        fp32_head=args.fp32_head,
+        prefix_reuse=args.prefix_reuse,
+        attn_implementation=args.attn_implementation,
         run_id=args.run_id,
         media=media_spec_from_args(args),
     )

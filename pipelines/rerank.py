@@ -41,6 +41,10 @@ class RerankConfig:
     cpus_per_actor: float = 1.0
     torch_threads: int | None = None
     dtype: str = "auto"
+    score_path: str = "logit"  # "hidden": FE Transformer + Pooling(lasttoken) + Dense, skips the LM head
+    fp32_head: bool = False  # score head in fp32 under bf16/fp16 weights, so precision creates no ties
+    prefix_reuse: bool = False  # run each query's shared instruction+query tokens once per micro-batch
+    attn_implementation: str | None = None  # transformers attention kernel, e.g. "flash_attention_2"
     run_id: str | None = None
     media: MediaSpec = field(default_factory=MediaSpec)  # fetch/decode limits of the media stage
 
@@ -65,6 +69,10 @@ class RerankConfig:
             batch_tokens=self.batch_tokens,
             dtype=self.dtype,
             torch_threads=self.torch_threads,
+            score_path=self.score_path,
+            fp32_head=self.fp32_head,
+            prefix_reuse=self.prefix_reuse,
+            attn_implementation=self.attn_implementation,
         )
 
 
