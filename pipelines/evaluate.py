@@ -1,9 +1,10 @@
 """Evaluate ranked runs against relevance judgements on Ray, compare them, and write a report.
 
-Stages: resolve each run (driver, schema only) ─► read_parquet ─► groupby(query_id).map_groups: per-query
-metrics and TREC run lines on workers, with the qrels broadcast once through the object store ─► stream the
-per-query rows to the driver (one small row per query; the TREC lines go straight to `<name>.trec`) ─►
-means, paired comparisons against the first run ─► metrics.json, report.md, metrics.png.
+Stages: resolve each run (driver, schema only) ─► read_parquet per run, tagged with the run name ─► union
+─► groupby(run, query_id).map_groups: per-query metrics and TREC run lines on workers, with the qrels
+broadcast once through the object store ─► stream the per-query rows to the driver (one small row per run
+and query; the TREC lines go straight to ``<name>.trec``) ─► means, paired comparisons against the first
+run ─► report.md, metrics.png, and metrics.json last (its presence means the evaluation is complete).
 
 A run is addressed as ``DIR`` or ``DIR:ranked`` / ``DIR:candidates``:
 
@@ -23,6 +24,7 @@ were evaluated on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -43,6 +45,7 @@ from pipelines.metrics import (
     paired_t_test,
     query_metrics,
     randomization_p_values,
+    trec_order,
 )
 from schemas.columns import CANDIDATE_ID, QUERY_ID, RETRIEVAL_SCORE, SCORE
 from schemas.qrels import Qrels, qrels_stats, read_qrels, resolve_filesystem
@@ -52,8 +55,12 @@ RUN_KINDS: tuple[RunKind, ...] = ("ranked", "candidates")
 SCORE_COLUMNS: dict[RunKind, str] = {"ranked": SCORE, "candidates": RETRIEVAL_SCORE}
 DEFAULT_KS = (1, 3, 5, 10, 100)
 METRICS_FILE = "metrics.json"
+SHUFFLE_PARTITION_BYTES = 64 * 1024 * 1024  # of input Parquet per groupby partition
+MAX_SHUFFLE_PARTITIONS = 200
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _WHITESPACE = re.compile(r"\s")
+_RUN = "__run"
+_SCORE = "__score"
 _TREC_LINES = "__trec_lines"
 _TREC_BAD_ID = "__trec_bad_id"
 _JUDGED = "__judged"
@@ -72,6 +79,7 @@ class RunSource:
     kind: RunKind
     filesystem: pafs.FileSystem
     files: tuple[str, ...]
+    num_bytes: int
 
     @property
     def score_column(self) -> str:
@@ -104,7 +112,9 @@ def parse_run_spec(spec: str) -> tuple[str, str]:
     """Split a CLI ``NAME=DIR[:ranked|:candidates]`` into (name, location)."""
     name, sep, location = spec.partition("=")
     if not sep or not name or not location:
-        raise RunInputError(f"--run {spec!r}: expected NAME=DIR, e.g. reranked=out/run1 or bm25=out/run1:candidates")
+        raise RunInputError(
+            f"--run {spec!r}: expected NAME=DIR, e.g. reranked=out/run1 or bm25=out/run1:candidates"
+        )
     return name, location
 
 
@@ -123,7 +133,8 @@ def resolve_run(name: str, location: str) -> RunSource:
             if fs.get_file_info(f"{root}/{sub}").type == pafs.FileType.Directory:
                 folder, kind = f"{root}/{sub}", sub
                 break
-    files = _parquet_files(fs, folder) if info.type == pafs.FileType.Directory else [root]
+    infos = _parquet_files(fs, folder) if info.type == pafs.FileType.Directory else [info]
+    files = [i.path for i in infos]
     if not files:
         raise RunInputError(f"run {name!r}: no *.parquet files under {base} (nor in ranked/ or candidates/)")
     try:
@@ -132,10 +143,19 @@ def resolve_run(name: str, location: str) -> RunSource:
         raise RunInputError(f"run {name!r}: {files[0]} is not readable Parquet ({exc})") from None
     kind = kind or _infer_kind(name, files[0], schema)
     _check_run_schema(name, files[0], schema, SCORE_COLUMNS[kind])
-    return RunSource(name=name, location=location, kind=kind, filesystem=fs, files=tuple(files))
+    return RunSource(
+        name=name,
+        location=location,
+        kind=kind,
+        filesystem=fs,
+        files=tuple(files),
+        num_bytes=sum(i.size or 0 for i in infos),
+    )
 
 
-def prepare_evaluation(qrels_path: str, runs: dict[str, str], ks: list[int] | tuple[int, ...]) -> EvaluationPlan:
+def prepare_evaluation(
+    qrels_path: str, runs: dict[str, str], ks: list[int] | tuple[int, ...]
+) -> EvaluationPlan:
     """Read the qrels and resolve every run; raises a ValueError with a one-line message on bad input."""
     if not runs:
         raise RunInputError("no run to evaluate; pass at least one NAME=DIR")
@@ -146,7 +166,9 @@ def prepare_evaluation(qrels_path: str, runs: dict[str, str], ks: list[int] | tu
     return EvaluationPlan(qrels_path=qrels_path, qrels=qrels, runs=sources, ks=tuple(sorted(ks)))
 
 
-def evaluate_runs(qrels_path: str, runs: dict[str, str], output: str, ks: list[int]) -> dict:
+def evaluate_runs(
+    qrels_path: str, runs: dict[str, str], output: str, ks: list[int] | tuple[int, ...] = DEFAULT_KS
+) -> dict:
     """Evaluate `runs` (name -> DIR[:kind], the first is the baseline) against the qrels at `qrels_path`.
 
     Writes metrics.json, report.md, metrics.png and ``<name>.trec`` per run under `output` (local or
@@ -155,12 +177,22 @@ def evaluate_runs(qrels_path: str, runs: dict[str, str], output: str, ks: list[i
     return run_evaluation(prepare_evaluation(qrels_path, runs, ks), output)
 
 
+def check_output(output: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of the output folder; fails when `output` is an existing file."""
+    fs, out_root = resolve_filesystem(output, "output")
+    if fs.get_file_info(out_root).type == pafs.FileType.File:
+        raise RunInputError(f"output {output}: is a file; pass a folder for metrics.json and report.md")
+    return fs, out_root
+
+
 def run_evaluation(plan: EvaluationPlan, output: str) -> dict:
     """Run a validated plan on the cluster and write every output; metrics.json is written last."""
-    fs, out_root = resolve_filesystem(output, "output")
+    fs, out_root = check_output(output)
     fs.create_dir(out_root, recursive=True)
-    qrels_ref = ray.put(plan.qrels)
-    results = [_evaluate_one(source, qrels_ref, plan.ks, fs, out_root) for source in plan.runs]
+    stale = f"{out_root}/{METRICS_FILE}"
+    if fs.get_file_info(stale).type == pafs.FileType.File:
+        fs.delete_file(stale)  # an old metrics.json must not vouch for outputs this run may not finish
+    results = _evaluate(plan, fs, out_root)
     metrics = _metrics_document(plan, results)
     _write_bytes(fs, f"{out_root}/{report.REPORT_FILE}", report.render_markdown(metrics).encode())
     _write_bytes(fs, f"{out_root}/{report.PLOT_FILE}", report.render_plot(metrics))
@@ -183,15 +215,18 @@ def _split_kind(location: str) -> tuple[str, RunKind | None]:
     return location, None
 
 
-def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[str]:
+def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
     hidden = re.compile(r"(^|/)[._]")
     return sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File
-        and i.path.endswith(".parquet")
-        and not hidden.search(i.path[len(folder) :])
+        (
+            i
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.path.endswith(".parquet")
+            and not hidden.search(i.path[len(folder) :])
+        ),
+        key=lambda i: i.path,
     )
 
 
@@ -221,57 +256,96 @@ def _check_run_schema(name: str, file: str, schema: pa.Schema, score_column: str
         raise RunInputError(f"run {name!r}: {file} column {score_column!r} has type {t}, expected float")
 
 
-def _evaluate_one(
-    source: RunSource, qrels_ref: ray.ObjectRef, ks: tuple[int, ...], fs: pafs.FileSystem, out_root: str
-) -> RunResult:
-    ds = ray.data.read_parquet(
-        list(source.files),
-        filesystem=source.filesystem,
-        columns=[QUERY_ID, CANDIDATE_ID, source.score_column],
-    )
-    per_query = ds.groupby(QUERY_ID).map_groups(
+def _evaluate(plan: EvaluationPlan, fs: pafs.FileSystem, out_root: str) -> list[RunResult]:
+    """All runs in one Ray Data execution; the driver streams back one small row per (run, query)."""
+    per_query = _per_query_dataset(plan.runs, ray.put(plan.qrels), plan.ks)
+    results = {
+        s.name: _Collector(s, metric_names(plan.ks), fs, f"{out_root}/{s.name}.trec") for s in plan.runs
+    }
+    try:
+        with contextlib.ExitStack() as stack:
+            for collector in results.values():
+                collector.stream = stack.enter_context(fs.open_output_stream(collector.trec_path))
+            for batch in per_query.iter_batches(batch_format="pyarrow", batch_size=None):
+                for name in pc.unique(batch[_RUN]).to_pylist():
+                    results[name].add(batch.filter(pc.equal(batch[_RUN], name)))
+    except BaseException as exc:
+        for collector in results.values():
+            if fs.get_file_info(collector.trec_path).type == pafs.FileType.File:
+                fs.delete_file(collector.trec_path)  # never leave a partial run file behind
+        if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, RunInputError):
+            # Bad rows found on a worker: surface the one-line reason (the traceback is in the worker log).
+            raise RunInputError(str(exc.cause)) from None
+        raise
+    return [collector.finish(plan.qrels) for collector in results.values()]
+
+
+def _per_query_dataset(
+    sources: tuple[RunSource, ...], qrels_ref: ray.ObjectRef, ks: tuple[int, ...]
+) -> ray.data.Dataset:
+    """One row per (run, query): its metrics (null when unjudged) and its TREC run lines."""
+    parts = [
+        ray.data.read_parquet(
+            list(s.files), filesystem=s.filesystem, columns=[QUERY_ID, CANDIDATE_ID, s.score_column]
+        ).map_batches(
+            _tag_run, batch_format="pyarrow", fn_kwargs={"run_name": s.name, "score_column": s.score_column}
+        )
+        for s in sources
+    ]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    # Size the hash shuffle to the data: Ray's default of 200 partitions makes small runs crawl.
+    num_bytes = sum(s.num_bytes for s in sources)
+    partitions = min(MAX_SHUFFLE_PARTITIONS, max(1, math.ceil(num_bytes / SHUFFLE_PARTITION_BYTES)))
+    return ds.groupby([_RUN, QUERY_ID], num_partitions=partitions).map_groups(
         evaluate_query_group,
         batch_format="pyarrow",
-        fn_kwargs={"qrels_ref": qrels_ref, "ks": list(ks), "score_column": source.score_column,
-                   "run_name": source.name},
+        fn_kwargs={
+            "qrels_ref": qrels_ref,
+            "ks": list(ks),
+            "score_columns": {s.name: s.score_column for s in sources},
+        },
     )
-    names = metric_names(ks)
-    query_ids: list[str] = []
-    columns: dict[str, list[np.ndarray]] = {m: [] for m in names}
-    not_in_qrels, trec_error = 0, None
-    trec_name = f"{source.name}.trec"
-    trec_path = f"{out_root}/{trec_name}"
-    with fs.open_output_stream(trec_path) as trec:
-        for batch in per_query.iter_batches(batch_format="pyarrow", batch_size=None):
-            bad = batch[_TREC_BAD_ID].drop_null()
-            if trec_error is None and len(bad):
-                trec_error = (
-                    f"id {bad[0].as_py()!r} contains whitespace, which a TREC run file cannot hold"
-                )
-            if trec_error is None:
-                trec.write("".join(batch[_TREC_LINES].to_pylist()).encode())
-            judged = batch.filter(batch[_JUDGED])
-            not_in_qrels += batch.num_rows - judged.num_rows
-            query_ids.extend(judged[QUERY_ID].to_pylist())
-            for m in names:
-                columns[m].append(judged[m].to_numpy(zero_copy_only=False))
-    if trec_error is not None:
-        fs.delete_file(trec_path)
-    if not query_ids:
-        sample = next(iter(ray.get(qrels_ref)))
-        raise RunInputError(
-            f"run {source.name!r}: none of its queries is in the qrels (qrels ids look like {sample!r}); "
-            "check that both use the same query_id"
+
+
+class _Collector:
+    """Driver-side accumulator of one run: TREC lines to its file, metric values into arrays."""
+
+    def __init__(self, source: RunSource, names: list[str], fs: pafs.FileSystem, trec_path: str) -> None:
+        self.source, self.names, self.fs, self.trec_path = source, names, fs, trec_path
+        self.stream: Any = None
+        self.query_ids: list[str] = []
+        self.columns: dict[str, list[np.ndarray]] = {m: [] for m in names}
+        self.not_in_qrels = 0
+        self.trec_error: str | None = None
+
+    def add(self, rows: pa.Table) -> None:
+        bad = rows[_TREC_BAD_ID].drop_null()
+        if self.trec_error is None and len(bad):
+            self.trec_error = f"id {bad[0].as_py()!r} contains whitespace, which a TREC run file cannot hold"
+        if self.trec_error is None:
+            self.stream.write("".join(rows[_TREC_LINES].to_pylist()).encode())
+        judged = rows.filter(rows[_JUDGED])
+        self.not_in_qrels += rows.num_rows - judged.num_rows
+        self.query_ids.extend(judged[QUERY_ID].to_pylist())
+        for m in self.names:
+            self.columns[m].append(judged[m].to_numpy(zero_copy_only=False))
+
+    def finish(self, qrels: Qrels) -> RunResult:
+        if self.trec_error is not None:
+            self.fs.delete_file(self.trec_path)
+        if not self.query_ids:
+            raise RunInputError(
+                f"run {self.source.name!r}: none of its queries is in the qrels (qrels ids look like "
+                f"{next(iter(qrels))!r}); check that both use the same query_id"
+            )
+        return RunResult(
+            source=self.source,
+            query_ids=self.query_ids,
+            values={m: np.concatenate(parts) for m, parts in self.columns.items()},
+            not_in_qrels=self.not_in_qrels,
+            trec_file=None if self.trec_error else self.trec_path.rsplit("/", 1)[-1],
+            trec_error=self.trec_error,
         )
-    values = {m: np.concatenate(parts) for m, parts in columns.items()}
-    return RunResult(
-        source=source,
-        query_ids=query_ids,
-        values=values,
-        not_in_qrels=not_in_qrels,
-        trec_file=None if trec_error else trec_name,
-        trec_error=trec_error,
-    )
 
 
 def _metrics_document(plan: EvaluationPlan, results: list[RunResult]) -> dict[str, Any]:
@@ -289,9 +363,7 @@ def _metrics_document(plan: EvaluationPlan, results: list[RunResult]) -> dict[st
             "trec_file": r.trec_file,
             "trec_file_error": r.trec_error,
             "mean": {m: math.fsum(r.values[m].tolist()) / len(r.query_ids) for m in names},
-            "per_query": {
-                q: {m: float(r.values[m][i]) for m in names} for i, q in enumerate(r.query_ids)
-            },
+            "per_query": {q: {m: float(r.values[m][i]) for m in names} for i, q in enumerate(r.query_ids)},
         }
     baseline = results[0]
     return {
@@ -348,6 +420,20 @@ def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 # ---------------------------------------------------------------------------------------------- worker
 
+
+def _tag_run(batch: pa.Table, *, run_name: str, score_column: str) -> pa.Table:
+    """Normalise one run's rows to a shared schema (string ids, float64 score) tagged with the run, so
+    that every run goes through a single shuffle."""
+    return pa.table(
+        {
+            _RUN: pa.array([run_name] * batch.num_rows, pa.string()),
+            QUERY_ID: pc.cast(batch[QUERY_ID], pa.string()),
+            CANDIDATE_ID: pc.cast(batch[CANDIDATE_ID], pa.string()),
+            _SCORE: pc.cast(batch[score_column], pa.float64()),
+        }
+    )
+
+
 _QRELS_CACHE: dict[str, Qrels] = {}
 
 
@@ -361,37 +447,38 @@ def _cached_qrels(ref: ray.ObjectRef) -> Qrels:
 
 
 def evaluate_query_group(
-    group: pa.Table, *, qrels_ref: ray.ObjectRef, ks: list[int], score_column: str, run_name: str
+    group: pa.Table, *, qrels_ref: ray.ObjectRef, ks: list[int], score_columns: dict[str, str]
 ) -> pa.Table:
-    """map_groups UDF: all candidates of one query in, one row of metrics and TREC run lines out."""
-    qids = pc.cast(group[QUERY_ID], pa.string())
-    docs_col = pc.cast(group[CANDIDATE_ID], pa.string())
-    qid = qids[0].as_py()
+    """map_groups UDF: all candidates of one (run, query) in, one row of metrics and TREC run lines out.
+
+    `score_columns` maps each run to the column its scores came from, for error messages."""
+    run_name, qid = group[_RUN][0].as_py(), group[QUERY_ID][0].as_py()
+    score_name = score_columns[run_name]
     where = f"run {run_name!r} query {qid!r}"
-    if qid is None or docs_col.null_count or group[score_column].null_count:
-        raise RunInputError(f"{where}: null {QUERY_ID}, {CANDIDATE_ID} or {score_column}; drop those rows")
-    docs = docs_col.to_pylist()
-    scores = group[score_column].to_numpy().astype(np.float64)
+    if qid is None or group[CANDIDATE_ID].null_count or group[_SCORE].null_count:
+        raise RunInputError(f"{where}: null {QUERY_ID}, {CANDIDATE_ID} or {score_name}; drop those rows")
+    docs = group[CANDIDATE_ID].to_pylist()
+    scores = group[_SCORE].to_numpy()
     if np.isnan(scores).any():
-        raise RunInputError(f"{where}: {score_column} is NaN for some candidates; trec_eval cannot order them")
+        raise RunInputError(f"{where}: {score_name} is NaN for some candidates; they cannot be ordered")
     if len(set(docs)) != len(docs):
         dup = next(d for d in docs if docs.count(d) > 1)
         raise RunInputError(f"{where}: candidate {dup!r} appears more than once; keep one row per pair")
     judgements = _cached_qrels(qrels_ref).get(qid)
-    row: dict[str, Any] = {QUERY_ID: [qid], _JUDGED: [judgements is not None]}
-    names = metric_names(ks)
     values = query_metrics(docs, scores, judgements, ks) if judgements is not None else {}
-    for m in names:
-        row[m] = pa.array([values.get(m)], pa.float64())
     bad = next((s for s in [qid, *docs] if _WHITESPACE.search(s)), None)
-    row[_TREC_BAD_ID] = pa.array([bad], pa.string())
-    row[_TREC_LINES] = pa.array([None if bad else _trec_lines(qid, docs, scores, run_name)], pa.large_string())
+    row: dict[str, pa.Array] = {
+        _RUN: pa.array([run_name], pa.string()),
+        QUERY_ID: pa.array([qid], pa.string()),
+        _JUDGED: pa.array([judgements is not None]),
+        **{m: pa.array([values.get(m)], pa.float64()) for m in metric_names(ks)},
+        _TREC_BAD_ID: pa.array([bad], pa.string()),
+        _TREC_LINES: pa.array([None if bad else _trec_lines(qid, docs, scores, run_name)], pa.large_string()),
+    }
     return pa.table(row)
 
 
 def _trec_lines(qid: str, docs: list[str], scores: np.ndarray, tag: str) -> str:
-    from pipelines.metrics import trec_order
-
     order = trec_order(docs, scores)
     # repr() of the float64 value round-trips, so trec_eval reads back exactly the scores (and ties) we used.
     return "".join(

@@ -111,9 +111,8 @@ def _ndcg(gains: np.ndarray, ideal_gains: Sequence[int]) -> float:
 def _average_precision(is_rel: np.ndarray, num_rel: int) -> float:
     if not num_rel:
         return 0.0
-    total, found = 0.0, 0
-    for i in np.flatnonzero(is_rel).tolist():
-        found += 1
+    total = 0.0
+    for found, i in enumerate(np.flatnonzero(is_rel).tolist(), start=1):
         total += found / (i + 1)
     return total / num_rel
 
@@ -121,35 +120,45 @@ def _average_precision(is_rel: np.ndarray, num_rel: int) -> float:
 def paired_t_test(baseline: np.ndarray, run: np.ndarray) -> float | None:
     """Two-sided paired t-test p-value of `run` vs `baseline` (same queries, same order).
 
-    None with fewer than two queries. When every difference is identical the t statistic is undefined
+    None with fewer than two queries. When every difference is the same the t statistic is undefined
     (zero variance): p is 1.0 if the difference is 0, else 0.0 (the limit of a constant shift).
     """
     diff = np.asarray(run, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     if diff.size < 2:
         return None
-    if np.all(diff == diff[0]):
-        return 1.0 if diff[0] == 0 else 0.0
+    if np.ptp(diff) <= 1e-12:  # rounding noise of equal differences must not look like variance
+        return 1.0 if abs(diff[0]) <= 1e-12 else 0.0
     return float(stats.ttest_rel(run, baseline).pvalue)
 
 
 def randomization_test(
     baseline: np.ndarray, run: np.ndarray, samples: int = RANDOMIZATION_SAMPLES, seed: int = 0
 ) -> float | None:
-    """Two-sided paired randomization (sign-flip) test p-value of the mean difference.
-
-    Each sample swaps the two runs' values on a random subset of queries; p = (extreme samples + 1) /
-    (samples + 1), so it is never 0. The seed is fixed so reports are reproducible. None with no queries.
-    """
+    """Two-sided paired randomization (sign-flip) test p-value of `run` vs `baseline`; None if empty."""
     diff = np.asarray(run, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     if diff.size == 0:
         return None
-    observed = abs(diff.mean())
+    return float(randomization_p_values(diff[:, None], samples, seed)[0])
+
+
+def randomization_p_values(
+    diffs: np.ndarray, samples: int = RANDOMIZATION_SAMPLES, seed: int = 0
+) -> np.ndarray:
+    """Randomization-test p-values of the mean of each column of `diffs` (queries x metrics).
+
+    Each sample swaps the two runs' values on a random subset of queries (flips the sign of their
+    differences), the same subset for every metric; p = (samples at least as extreme + 1) / (samples + 1),
+    so it is never 0. The seed is fixed so reports are reproducible. `diffs` must have at least one row.
+    """
+    diffs = np.asarray(diffs, dtype=np.float64)
+    n = diffs.shape[0]
+    observed = np.abs(diffs.mean(axis=0))
     rng = np.random.default_rng(seed)
-    extreme = 0
-    chunk = max(1, 4_000_000 // diff.size)  # bound memory to a few million signs at a time
+    extreme = np.zeros(diffs.shape[1], dtype=np.int64)
+    chunk = max(1, 4_000_000 // n)  # bound memory to a few million signs at a time
     for start in range(0, samples, chunk):
-        n = min(chunk, samples - start)
-        signs = rng.integers(0, 2, size=(n, diff.size), dtype=np.int8) * 2 - 1
-        means = np.abs(signs @ diff) / diff.size
-        extreme += int(np.count_nonzero(means >= observed - 1e-12))
+        size = min(chunk, samples - start)
+        signs = rng.integers(0, 2, size=(size, n)).astype(np.float64) * 2 - 1
+        means = np.abs(signs @ diffs) / n
+        extreme += np.count_nonzero(means >= observed - 1e-12, axis=0)
     return (extreme + 1) / (samples + 1)

@@ -118,9 +118,7 @@ def _read_trec_text(fs: pafs.FileSystem, fs_path: str, path: str) -> pa.Table:
         try:
             rel = int(fields[3])
         except ValueError:
-            raise QrelsError(
-                f"qrels {path}:{lineno}: relevance {fields[3]!r} is not an integer"
-            ) from None
+            raise QrelsError(f"qrels {path}:{lineno}: relevance {fields[3]!r} is not an integer") from None
         qids.append(fields[0])
         docs.append(fields[2])
         rels.append(rel)
