@@ -137,6 +137,7 @@ def _fetch_and_decode(wanted: dict[str, set[str]], spec: MediaSpec) -> dict[tupl
     results: dict[tuple[str, str], Any] = {}
     if not wanted:
         return results
+    _connect_clients(wanted, spec)
     started: dict[str, float] = {}
     lock = threading.Lock()
 
@@ -174,6 +175,25 @@ def _fetch_and_decode(wanted: dict[str, set[str]], spec: MediaSpec) -> dict[tupl
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results
+
+
+def _connect_clients(refs, spec: MediaSpec) -> None:
+    """Create the object-store clients (s3, gs, ...) a block needs before any fetch starts, so that the
+    per-reference deadline covers the transfer, not the one-off client setup and credential lookup. A
+    client that cannot be set up is left to fail each of its fetches with the reason."""
+    seen: set[str] = set()
+    for ref in refs:
+        scheme = scheme_of(ref)
+        if scheme in seen or scheme in ("file", "http", "https") or scheme not in spec.allowed_schemes:
+            continue
+        seen.add(scheme)
+        try:
+            fs, _ = _filesystem(ref, spec)
+            connect = getattr(fs, "connect", None)  # s3fs: builds the client and resolves credentials
+            if callable(connect):
+                connect()
+        except Exception:  # reported per reference by fetch_bytes, with the same cause
+            continue
 
 
 def _column_or_nulls(table: pa.Table, name: str) -> list:

@@ -95,15 +95,23 @@ def load_cross_encoder(spec: RerankerSpec):
         from sentence_transformers.cross_encoder.modules import LogitScore
         from sentence_transformers.sentence_transformer.modules import Transformer
 
+        shared = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
         transformer = Transformer(
             path,
             transformer_task="any-to-any",
-            model_kwargs={"dtype": dtype},
+            model_kwargs={**shared, **kwargs["model_kwargs"]},
+            processor_kwargs=shared,
+            config_kwargs=shared,
             processing_kwargs={"chat_template": {"add_generation_prompt": True}},
             max_seq_length=spec.max_length,
         )
         tok = transformer.tokenizer
         yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+        if yes is None or no is None or tok.unk_token_id in (yes, no):
+            raise ValueError(
+                f"model {spec.model!r}: its tokenizer has no single 'yes'/'no' tokens, which the default "
+                "LogitScore of a multimodal LM needs; save it as a CrossEncoder with its own LogitScore"
+            )
         return CrossEncoder(modules=[transformer, LogitScore(yes, no)], num_labels=1, device=device)
     return CrossEncoder(path, **kwargs)
 

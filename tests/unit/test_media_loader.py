@@ -229,7 +229,7 @@ def test_caps_and_bad_references_become_readable_reasons(media):
 
 def test_http_fetch_404_hang_and_refused(media):
     spec = MediaSpec(timeout_s=1.0)
-    with http_server(media["dir"], hang_s=10) as base:
+    with http_server(media["dir"], hang_s=30) as base:
         assert fetch_bytes(f"{base}/a.png", spec) == media["png"].read_bytes()
         refs = [
             f"{base}/a.png",
@@ -247,7 +247,7 @@ def test_http_fetch_404_hang_and_refused(media):
     assert errors[2] == f"candidate_image '{refs[2]}': timed out after 1.0 s"
     assert errors[3].startswith(f"candidate_image '{refs[3]}': HTTP 500")
     assert errors[4].startswith(f"candidate_image '{refs[4]}': unreachable: ") and "refused" in errors[4]
-    assert elapsed < 2.5, f"a hanging server held the block for {elapsed:.1f} s with a 1 s timeout"
+    assert elapsed < 5, f"a hanging server held the block for {elapsed:.1f} s with a 1 s timeout"
 
 
 def test_s3_fetch_honours_aws_endpoint_url(media, monkeypatch):
@@ -265,7 +265,8 @@ def test_s3_fetch_honours_aws_endpoint_url(media, monkeypatch):
         s3.mkdir("media-unit")
         s3.pipe("media-unit/a.png", media["png"].read_bytes())
         refs = ["s3://media-unit/a.png", "s3://media-unit/missing.png", "s3://no-such-bucket/x.png"]
-        out = resolve_media(pairs_table(candidate_image=refs), SPEC)
+        # A generous deadline: this checks the endpoint and the reasons; timeouts are checked over HTTP.
+        out = resolve_media(pairs_table(candidate_image=refs), MediaSpec(timeout_s=30.0))
     errors = errors_of(out)
     assert errors == [
         None,
@@ -322,3 +323,19 @@ def test_build_pairs_uses_payloads_and_explains_unsupported_media(media):
     assert errors[2] == f"unsupported modality: candidate_audio '{wav}' is audio; the model takes text, image"
     # A reference the media stage did not resolve is an error, never scored as the text of its path.
     assert errors[3] == f"candidate_video '{media['mp4']}' was not fetched by the media stage"
+
+
+def test_media_stage_runs_only_when_media_columns_hold_values(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.rerank import media_columns_with_values
+
+    text_only = pa.table(
+        {"query_text": ["q"], "candidate_text": ["d"], "candidate_image": pa.nulls(1, pa.string())}
+    )
+    with_media = pa.table({"query_text": ["q", "q"], "candidate_image": [None, "s3://b/x.png"]})
+    pq.write_table(text_only, tmp_path / "a.parquet")
+    pq.write_table(with_media, tmp_path / "b.parquet")
+    assert media_columns_with_values([str(tmp_path / "a.parquet")]) == []
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    assert media_columns_with_values(files) == ["candidate_image"]
