@@ -166,6 +166,9 @@ def media_columns_with_values(files: list[str], columns: list[str] = MEDIA_COLUM
     return [name for name in columns if name in found]
 
 
+MEDIA_TASK_MEMORY = 512 * 1024**2  # bytes reserved per media task: one block's fetched and decoded media
+
+
 def media_stage(ds: ray.data.Dataset, cfg: RerankConfig) -> ray.data.Dataset:
     """Fetch and decode media references in CPU tasks, one block of `block_rows` rows at a time (a
     reference shared by pairs of a block is fetched once)."""
@@ -175,15 +178,11 @@ def media_stage(ds: ray.data.Dataset, cfg: RerankConfig) -> ray.data.Dataset:
         batch_size=cfg.block_rows,
         batch_format="pyarrow",
         num_cpus=1,
+        # Besides sizing the tasks, a memory request the scoring actors do not make keeps Ray from fusing
+        # this stage into them on CPU-only runs: fetching and decoding never run inside a scoring actor.
+        memory=MEDIA_TASK_MEMORY,
         udf_modifying_row_count=False,
-        # A stage with a remote-args function is never fused into its neighbours, so fetching and
-        # decoding stay in CPU tasks even where the scoring actors ask for the same resources (CPU runs).
-        ray_remote_args_fn=_no_extra_remote_args,
     )
-
-
-def _no_extra_remote_args() -> dict:
-    return {}
 
 
 def to_errors(table: pa.Table) -> pa.Table:
