@@ -59,7 +59,7 @@ class MediaSpec:
     max_bytes: int = 64_000_000  # a reference larger than this is not fetched
     max_image_pixels: int = 50_000_000  # width x height of an image, and of each video frame
     max_audio_seconds: float = 600.0  # longer audio is an error, not silently truncated
-    max_video_frames: int = 1024  # a video with more frames is an error (all frames are decoded)
+    max_video_frames: int = 256  # a video with more frames is an error (all frames are decoded)
     max_video_seconds: float = 600.0  # a longer video is an error
     allowed_schemes: tuple[str, ...] = ("file", "s3", "http", "https")  # "file" = local paths and file://
     audio_sample_rate: int = AUDIO_SAMPLE_RATE  # audio is resampled to this rate, mono
@@ -240,10 +240,25 @@ def fetch_bytes(ref: str, spec: MediaSpec) -> bytes:
         raise MediaError(f"unreachable: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
+class _AllowedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an allowed scheme (urllib would also follow one to ftp://)."""
+
+    def __init__(self, allowed: tuple[str, ...]):
+        super().__init__()
+        self.allowed = allowed
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = scheme_of(newurl)
+        if scheme not in self.allowed:
+            raise MediaError(f"redirected to {newurl!r}, scheme {scheme!r} not allowed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _fetch_http(url: str, spec: MediaSpec, deadline: float) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "ray-rerank-media/1"})
+    opener = urllib.request.build_opener(_AllowedRedirects(spec.allowed_schemes))
     try:
-        response = urllib.request.urlopen(request, timeout=spec.timeout_s)
+        response = opener.open(request, timeout=spec.timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code in (404, 410):
             raise MediaError(f"not found (HTTP {exc.code})") from None

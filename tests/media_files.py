@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 import wave
 from collections.abc import Iterator
 from functools import partial
@@ -71,11 +72,17 @@ def make_corrupt(path: Path, like: Path | None = None) -> Path:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory; `/hang/...` sleeps before answering, `/status/500` fails."""
+    """Serves a directory; `/hang/...` sleeps before answering, `/status/500` fails, `/redirect/<url>`
+    redirects to `<url>` (percent-encoded)."""
 
     hang_s = 30.0
 
     def do_GET(self):
+        if self.path.startswith("/redirect/"):
+            self.send_response(302)
+            self.send_header("Location", urllib.parse.unquote(self.path[len("/redirect/") :]))
+            self.end_headers()
+            return
         if self.path.startswith("/hang/"):
             time.sleep(self.hang_s)
             self.send_error(504)

@@ -227,7 +227,7 @@ def test_caps_and_bad_references_become_readable_reasons(media):
     assert reason.endswith("6.0 s of video, over the 5 s cap")
 
 
-def test_http_fetch_404_hang_and_refused(media):
+def test_http_fetch_404_hang_refused_and_redirects(media):
     spec = MediaSpec(timeout_s=1.0)
     with http_server(media["dir"], hang_s=30) as base:
         assert fetch_bytes(f"{base}/a.png", spec) == media["png"].read_bytes()
@@ -237,6 +237,8 @@ def test_http_fetch_404_hang_and_refused(media):
             f"{base}/hang/a.png",
             f"{base}/status/500",
             f"http://127.0.0.1:{closed_port()}/a.png",
+            f"{base}/redirect/%2Fa.png",
+            f"{base}/redirect/ftp%3A%2F%2F127.0.0.1%2Fa.png",
         ]
         start = time.monotonic()
         out = resolve_media(pairs_table(candidate_image=refs), spec)
@@ -247,6 +249,10 @@ def test_http_fetch_404_hang_and_refused(media):
     assert errors[2] == f"candidate_image '{refs[2]}': timed out after 1.0 s"
     assert errors[3].startswith(f"candidate_image '{refs[3]}': HTTP 500")
     assert errors[4].startswith(f"candidate_image '{refs[4]}': unreachable: ") and "refused" in errors[4]
+    assert errors[5] is None  # a redirect within http is followed
+    assert errors[6] == (
+        f"candidate_image '{refs[6]}': redirected to 'ftp://127.0.0.1/a.png', scheme 'ftp' not allowed"
+    )
     assert elapsed < 5, f"a hanging server held the block for {elapsed:.1f} s with a 1 s timeout"
 
 
