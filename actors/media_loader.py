@@ -94,18 +94,21 @@ class MediaSpec:
 def resolve_media(table: pa.Table, spec: MediaSpec) -> pa.Table:
     """Add a payload column for every media column of `table` and mark rows whose media failed.
 
-    Rows that already carry `__error` (from validation) are not fetched. Each distinct reference is fetched
-    once and decoded once per modality, however many rows and columns use it.
+    Rows that already carry `__error` (from validation) or a `__cached_score` (scored by an earlier run)
+    are not fetched. Each distinct reference is fetched once and decoded once per modality, however many
+    rows and columns use it.
     """
     errors = _column_or_nulls(table, c.ROW_ERROR)
     stages = _column_or_nulls(table, c.ROW_STAGE)
+    cached = _column_or_nulls(table, c.ROW_CACHED_SCORE)
+    skip = [e is not None or s is not None for e, s in zip(errors, cached, strict=True)]
     columns = [col for col in MEDIA_COLUMNS if col in table.column_names]
     refs = {col: table.column(col).to_pylist() for col in columns}
     wanted: dict[str, set[str]] = {}  # reference -> modalities it is decoded as
     for col in columns:
         modality = col.rsplit("_", 1)[1]
         for i, ref in enumerate(refs[col]):
-            if ref is not None and errors[i] is None:
+            if ref is not None and not skip[i]:
                 wanted.setdefault(ref, set()).add(modality)
 
     decoded = _fetch_and_decode(wanted, spec)
@@ -115,7 +118,7 @@ def resolve_media(table: pa.Table, spec: MediaSpec) -> pa.Table:
         modality = col.rsplit("_", 1)[1]
         payloads: list[bytes | None] = []
         for i, ref in enumerate(refs[col]):
-            result = decoded.get((ref, modality)) if ref is not None and errors[i] is None else None
+            result = decoded.get((ref, modality)) if ref is not None and not skip[i] else None
             if isinstance(result, MediaError):
                 errors[i], stages[i] = f"{col} {ref!r}: {result}", STAGE
                 result = None

@@ -151,15 +151,21 @@ def test_each_distinct_reference_is_fetched_once_per_block(media, monkeypatch):
     assert len(candidate.dictionary) == 2  # two distinct images, stored once each
 
 
-def test_rows_already_in_error_are_not_fetched(media, monkeypatch):
+def test_rows_in_error_or_already_scored_are_not_fetched(media, monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(media_loader, "fetch_bytes", lambda ref, spec: calls.append(ref) or b"")
-    table = pairs_table(candidate_image=[str(media["png"])])
+    real = media_loader.fetch_bytes
+    monkeypatch.setattr(media_loader, "fetch_bytes", lambda ref, spec: calls.append(ref) or real(ref, spec))
+    png, png2, jpg = str(media["png"]), str(media["png2"]), str(media["jpg"])
+    table = pairs_table(candidate_image=[png, png2, jpg])
     table = table.set_column(
-        table.schema.get_field_index(c.ROW_ERROR), c.ROW_ERROR, pa.array(["query_id is null"])
+        table.schema.get_field_index(c.ROW_ERROR), c.ROW_ERROR, pa.array(["query_id is null", None, None])
     )
+    table = table.append_column(c.ROW_CACHED_SCORE, pa.array([None, 0.5, None], pa.float32()))
     out = resolve_media(table, SPEC)
-    assert calls == [] and errors_of(out) == ["query_id is null"]
+    assert calls == [jpg]
+    assert errors_of(out) == ["query_id is null", None, None]
+    payloads = out.column(c.media_payload_column("candidate_image")).to_pylist()
+    assert [p is not None for p in payloads] == [False, False, True]
 
 
 # ----------------------------------------------------------------------------------- caps and reasons
