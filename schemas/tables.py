@@ -99,6 +99,23 @@ def check_pairs_schema(schema: pa.Schema, where: str) -> None:
     )
 
 
+def check_corpus_schema(schema: pa.Schema, where: str) -> None:
+    check_schema(schema, required=[c.DOC_ID], content_groups={"doc": c.DOC_CONTENT}, where=where)
+
+
+def check_queries_schema(schema: pa.Schema, where: str) -> None:
+    check_schema(schema, required=[c.QUERY_ID], content_groups={"query": c.QUERY_CONTENT}, where=where)
+
+
+def normalize_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Project `table` onto `schema`: columns cast, absent ones as nulls, unknown extra columns dropped."""
+    n = table.num_rows
+    arrays = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def normalize_pairs(table: pa.Table) -> pa.Table:
     """Project a pairs batch onto PAIRS_SCHEMA: ids cast to string, absent optional columns as nulls,
     unknown extra columns dropped (they are ignored, never an error)."""

@@ -1,0 +1,250 @@
+"""The embedder actor: a frozen spec checked on the driver, and a worker that holds a SentenceTransformer.
+
+The worker measures each input's real token length with the model's own `preprocess` (prompt and media
+tokens included), sorts, packs micro-batches under a token budget, and embeds each micro-batch with
+`encode_document` / `encode_query` (batch_size = the micro-batch), so prompts, task routing and
+normalisation are exactly the library's. Embeddings are written back to the row they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from actors.model_source import check_model_reference, materialize
+from actors.reranker import resolve_device_and_dtype
+from actors.token_budget import MicroBatch, pack_by_tokens
+from schemas import columns as c
+
+Side = Literal["document", "query"]
+PREFIX = {"document": "doc", "query": "query"}  # content-column prefix of each side
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # what encode_document looks for, in order
+LENGTH_PROBE_ROWS = 256
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """What an actor needs to build its model. Small, picklable, validated on the driver."""
+
+    model: str
+    batch_tokens: int = 16384
+    max_length: int | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str | None = None
+    torch_threads: int | None = None
+    query_prompt_name: str | None = None
+    query_prompt: str | None = None
+    document_prompt_name: str | None = None
+    document_prompt: str | None = None
+    normalize: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def validate(self) -> EmbedderSpec:
+        check_model_reference(self.model)
+        if self.batch_tokens < 1:
+            raise ValueError(f"embed batch_tokens must be a positive token count, got {self.batch_tokens}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"embed max_length must be >= 2 tokens, got {self.max_length}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        for side in ("query", "document"):
+            if (
+                getattr(self, f"{side}_prompt") is not None
+                and getattr(self, f"{side}_prompt_name") is not None
+            ):
+                raise ValueError(f"give either a {side} prompt or a {side} prompt name, not both")
+        return self
+
+    def prompt_args(self, side: Side) -> dict[str, str | None]:
+        """The `prompt_name` / `prompt` arguments of `encode_query` / `encode_document` for `side`."""
+        return {
+            "prompt_name": getattr(self, f"{side}_prompt_name"),
+            "prompt": getattr(self, f"{side}_prompt"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_sentence_transformer(spec: EmbedderSpec):
+    from sentence_transformers import SentenceTransformer
+
+    device, dtype = resolve_device_and_dtype(spec)
+    model = SentenceTransformer(
+        materialize(spec.model),
+        device=device,
+        trust_remote_code=spec.trust_remote_code,
+        revision=spec.revision,
+        model_kwargs={"dtype": dtype},
+    )
+    if spec.max_length is not None:
+        model.max_seq_length = spec.max_length
+    return model
+
+
+def resolved_prompt(model, side: Side, prompt_name: str | None, prompt: str | None) -> str | None:
+    """The prompt string `encode_query` / `encode_document` will apply, for measuring token lengths."""
+    if prompt is not None:
+        return prompt
+    if prompt_name is None:
+        defaults = ("query",) if side == "query" else DOCUMENT_PROMPT_NAMES
+        prompt_name = next((name for name in defaults if name in model.prompts), None)
+    if prompt_name is not None:
+        if prompt_name not in model.prompts:
+            raise ValueError(
+                f"prompt name {prompt_name!r} is not one of the model's prompts {sorted(model.prompts)}"
+            )
+        return model.prompts[prompt_name]
+    return model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
+
+
+class EmbedWorker:
+    """Ray Data callable class: one SentenceTransformer per actor, `__call__(pa.Table) -> pa.Table`.
+
+    Input rows carry the side's id and content columns (`doc_*` or `query_*`), media payload columns from
+    the media stage, and optionally an `embedding` already known (reused from an earlier night): those rows
+    and rows already marked `__error` are passed through untouched. Adds or fills `embedding`
+    (fixed_size_list<float32>), `__error` / `__stage` and `__tokens`.
+    """
+
+    def __init__(self, spec: EmbedderSpec, side: Side):
+        import torch
+
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        self.spec, self.side, self.prefix = spec, side, PREFIX[side]
+        self.model = load_sentence_transformer(spec)
+        self.model.eval()
+        self.dim = self.model.get_embedding_dimension()
+        self.prompt_args = spec.prompt_args(side)
+        self.prompt = resolved_prompt(self.model, side, **self.prompt_args)
+        self.encode: Callable = self.model.encode_query if side == "query" else self.model.encode_document
+
+    def token_lengths(self, inputs: list) -> np.ndarray:
+        """Real tokens per input after the model's own preprocessing (prompt and media tokens included)."""
+        lengths = np.zeros(len(inputs), dtype=np.int64)
+        for start in range(0, len(inputs), LENGTH_PROBE_ROWS):
+            chunk = inputs[start : start + LENGTH_PROBE_ROWS]
+            features = self.model.preprocess(chunk, prompt=self.prompt, task=self.side)
+            lengths[start : start + len(chunk)] = features["attention_mask"].sum(dim=1).cpu().numpy()
+        return lengths
+
+    def embed_batch(self, inputs: list) -> np.ndarray:
+        out = self.encode(
+            inputs,
+            batch_size=len(inputs),
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=self.spec.normalize,
+            **self.prompt_args,
+        )
+        return np.asarray(out, dtype=np.float32).reshape(len(inputs), self.dim)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from actors.element_inputs import build_elements
+
+        n = table.num_rows
+        errors = _column_or_nulls(table, c.ROW_ERROR)
+        stages = _column_or_nulls(table, c.ROW_STAGE)
+        vectors = np.zeros((n, self.dim), dtype=np.float32)
+        have = np.zeros(n, dtype=bool)
+        tokens = np.zeros(n, dtype=np.int64)
+        known = _known_embeddings(table, self.dim)
+        for i, vector in known.items():
+            if errors[i] is None:
+                vectors[i], have[i] = vector, True
+        todo = [i for i in range(n) if errors[i] is None and not have[i]]
+        inputs, build_errors = build_elements(table, self.prefix, todo, self.model)
+        for i, reason in build_errors.items():
+            errors[i], stages[i] = reason, "embed"
+        rows = np.asarray([i for i in todo if i not in build_errors], dtype=np.int64)
+
+        if len(inputs):
+            lengths, bad = _isolating(lambda xs: self.token_lengths(xs), inputs, "preprocessing")
+            for k, reason in bad.items():
+                errors[rows[k]], stages[rows[k]] = reason, "embed"
+            ok = np.asarray([k for k in range(len(inputs)) if k not in bad], dtype=np.int64)
+            for batch in pack_by_tokens(lengths[ok], self.spec.batch_tokens):
+                self._embed_into(
+                    batch,
+                    [inputs[k] for k in ok[batch.rows]],
+                    rows[ok[batch.rows]],
+                    vectors,
+                    have,
+                    errors,
+                    stages,
+                )
+                tokens[rows[ok[batch.rows]]] = lengths[ok[batch.rows]]
+
+        valid = have & np.asarray([e is None for e in errors], dtype=bool)
+        flat = pa.array(vectors.reshape(-1), pa.float32())
+        embedding = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
+        out = table.drop_columns(
+            [x for x in (c.EMBEDDING, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS) if x in table.column_names]
+        )
+        return (
+            out.append_column(c.EMBEDDING, embedding)
+            .append_column(c.ROW_ERROR, pa.array(errors, pa.string()))
+            .append_column(c.ROW_STAGE, pa.array(stages, pa.string()))
+            .append_column(c.ROW_TOKENS, pa.array(tokens))
+        )
+
+    def _embed_into(
+        self, batch: MicroBatch, inputs: list, targets: np.ndarray, vectors, have, errors, stages
+    ) -> None:
+        """Embed one micro-batch; if it raises, embed its rows one by one so one bad input is one error row."""
+        try:
+            vectors[targets], have[targets] = self.embed_batch(inputs), True
+            return
+        except Exception:
+            pass  # fall through: isolate the failing rows below
+        for target, item in zip(targets, inputs, strict=True):
+            try:
+                vectors[target], have[target] = self.embed_batch([item])[0], True
+            except Exception as exc:  # one unembeddable input becomes one error row
+                errors[target], stages[target] = _reason("embedding failed", exc), "embed"
+
+
+def _isolating(fn, inputs: list, what: str) -> tuple[np.ndarray, dict[int, str]]:
+    try:
+        return fn(inputs), {}
+    except Exception:
+        lengths = np.zeros(len(inputs), dtype=np.int64)
+        bad: dict[int, str] = {}
+        for k, item in enumerate(inputs):
+            try:
+                lengths[k] = fn([item])[0]
+            except Exception as exc:  # one bad input becomes one error row
+                bad[k] = _reason(f"{what} failed", exc)
+        return lengths, bad
+
+
+def _reason(what: str, exc: BaseException) -> str:
+    return f"{what}: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _known_embeddings(table: pa.Table, dim: int) -> dict[int, np.ndarray]:
+    """Rows that arrive with an embedding (reused from an earlier night), as {row: vector}."""
+    if c.EMBEDDING not in table.column_names:
+        return {}
+    column = table.column(c.EMBEDDING).combine_chunks()
+    if pa.types.is_null(column.type) or column.null_count == len(column):
+        return {}
+    if not pa.types.is_fixed_size_list(column.type) or column.type.list_size != dim:
+        raise ValueError(f"reused embeddings have type {column.type}, expected fixed_size_list<float>[{dim}]")
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    # flatten() skips null slots; walk the valid rows in order.
+    valid = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+    matrix = values.reshape(len(valid), dim)
+    return {int(i): matrix[k] for k, i in enumerate(valid)}
+
+
+def _column_or_nulls(table: pa.Table, name: str) -> list:
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [None] * table.num_rows

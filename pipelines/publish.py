@@ -1,0 +1,104 @@
+"""Where a refresh run lives, how its stages resume, and how a finished run is published.
+
+```
+ROOT/LATEST                        the published run id (replaced atomically, only after a run succeeds)
+ROOT/score_cache/<reranker key>/   reranker scores across nights (pipelines.score_cache)
+ROOT/runs/<run_id>/
+    embeddings/corpus/ embeddings/queries/   embedding shards (doc_id/query_id, content_hash, model, vector)
+    embed_errors/corpus/ embed_errors/queries/
+    candidates/                    retrieved pairs, query-clustered, sorted by retrieval_rank
+    ranked/ errors/                the rerank output (pipelines.rerank)
+    eval/                          metrics when qrels are given
+    _stages/<stage>.json           a finished stage and its counts: a resumed run skips it
+    manifest.json                  written last: its presence means the run is complete
+```
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+from pipelines import io
+
+STAGES = ("embed_corpus", "embed_queries", "retrieve", "rerank", "score_cache", "evaluate")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: str
+    run_id: str
+
+    @property
+    def run_dir(self) -> str:
+        return io.join(self.root, "runs", self.run_id)
+
+    @property
+    def latest(self) -> str:
+        return io.join(self.root, "LATEST")
+
+    @property
+    def score_cache(self) -> str:
+        return io.join(self.root, "score_cache")
+
+    @property
+    def manifest(self) -> str:
+        return io.join(self.run_dir, "manifest.json")
+
+    def embeddings(self, side: str) -> str:
+        return io.join(self.run_dir, "embeddings", "corpus" if side == "document" else "queries")
+
+    def embed_errors(self, side: str) -> str:
+        return io.join(self.run_dir, "embed_errors", "corpus" if side == "document" else "queries")
+
+    @property
+    def candidates(self) -> str:
+        return io.join(self.run_dir, "candidates")
+
+    @property
+    def evaluation(self) -> str:
+        return io.join(self.run_dir, "eval")
+
+    def stage_marker(self, stage: str) -> str:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        return io.join(self.run_dir, "_stages", f"{stage}.json")
+
+
+def read_latest(root: str) -> str | None:
+    """The run id `ROOT/LATEST` names, or None before the first published run."""
+    path = io.join(root, "LATEST")
+    if not io.exists(path):
+        return None
+    fs, p = io.filesystem(path)
+    run_id = fs.cat_file(p).decode().strip()
+    return run_id or None
+
+
+def publish_latest(root: str, run_id: str) -> None:
+    """Point `ROOT/LATEST` at `run_id`: write a temporary file beside it, then rename over it (atomic on
+    a local filesystem; on object stores the final PUT replaces the object whole)."""
+    fs, path = io.filesystem(io.join(root, "LATEST"))
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(tmp, (run_id + "\n").encode())
+    fs.mv(tmp, path)
+
+
+def finished(layout: RunLayout, stage: str, config_key: str) -> dict | None:
+    """The recorded result of `stage` when this run already finished it with the same configuration."""
+    marker = layout.stage_marker(stage)
+    if not io.exists(marker):
+        return None
+    record = io.read_json(marker)
+    if record.get("config_key") != config_key:
+        raise ValueError(
+            f"run {layout.run_id!r} at {layout.run_dir} was started with a different configuration; "
+            "resume it with the same flags or choose another --run-id"
+        )
+    return record["result"]
+
+
+def mark_finished(layout: RunLayout, stage: str, config_key: str, result: dict) -> None:
+    io.write_json(layout.stage_marker(stage), {"stage": stage, "config_key": config_key, "result": result})

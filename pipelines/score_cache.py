@@ -1,0 +1,174 @@
+"""Reranker scores cached across nights: an unchanged pair is not scored again.
+
+A pair's key is sha256 of (query content hash, doc content hash, reranker id, reranker revision, prompt)
+(`pipelines.content_hash.pair_key`); ids play no part, so a pair whose content is unchanged hits the cache
+even under new ids, and an edited document or query misses it. The cache is Parquet under
+`ROOT/score_cache/<reranker key>/run=<run id>/` (`cache_key`, `score`, `scored_run`): each run appends its
+own shard (rewritten whole on resume, so rows are never duplicated) and never reads its own.
+
+As an `extra_stages` entry of `run_rerank` the cache fills `__cached_score`, which the reranker actor honours;
+the lookup is a co-partitioned join on the key (the cache can outgrow any one node). After the run,
+`append` adds the pairs scored this run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from pipelines import io
+from pipelines.content_hash import content_hashes, pair_key, sha256_hex
+from pipelines.keyed_join import co_partition, join_tables, partitions_for
+from schemas import columns as c
+from schemas.tables import PAIRS_SCHEMA, InputError
+
+# What the lookup sees: validate_pairs' output (the first stage of run_rerank) plus the key.
+KEYED_PAIRS_SCHEMA = pa.schema(
+    [*PAIRS_SCHEMA, *(pa.field(n, pa.string()) for n in (c.ROW_ERROR, c.ROW_STAGE, c.ROW_CACHE_KEY))]
+)
+LOOKUP_SCHEMA = pa.schema(
+    [pa.field(c.ROW_CACHE_KEY, pa.string()), pa.field(c.ROW_CACHED_SCORE, pa.float32())]
+)
+CACHE_SCHEMA = pa.schema(
+    [pa.field(c.CACHE_KEY, pa.string()), pa.field(c.SCORE, pa.float32()), pa.field(c.SCORED_RUN, pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class ScoreCache:
+    """The cache of one reranker (id + revision) and prompt, as seen by run `run_id`."""
+
+    root: str  # ROOT/score_cache
+    reranker: str
+    revision: str | None
+    prompt: str | None
+    run_id: str
+    pairs: int = 0  # pairs this run looks up (sizes the shuffles)
+    rows_per_partition: int = 50000
+
+    @property
+    def directory(self) -> str:
+        key = sha256_hex(json.dumps([self.reranker, self.revision, self.prompt]))[:16]
+        return io.join(self.root, key)
+
+    @property
+    def shard(self) -> str:
+        return io.join(self.directory, f"run={self.run_id}")
+
+    def previous_files(self) -> list[str]:
+        """Cache files of earlier runs (this run's own shard excluded)."""
+        if not io.exists(self.directory):
+            return []
+        try:
+            files = io.list_parquet(self.directory)
+        except InputError:  # the directory exists but holds no shard yet
+            return []
+        return [f for f in files if f"/run={self.run_id}/" not in f]
+
+    def stage(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        """Add `__cache_key` to every pair and `__cached_score` where the cache knows the pair."""
+        keyed = ds.map_batches(
+            add_cache_keys,
+            fn_kwargs={"reranker": self.reranker, "revision": self.revision, "prompt": self.prompt},
+            batch_format="pyarrow",
+        )
+        files = self.previous_files()
+        if not files:
+            return keyed
+        cache = ray.data.read_parquet(files, filesystem=io.pyarrow_filesystem(self.directory))
+        cache = cache.map_batches(_as_lookup, batch_format="pyarrow")
+        return co_partition(
+            keyed,
+            cache,
+            key=[c.ROW_CACHE_KEY],
+            num_partitions=partitions_for(self.pairs + io.count_rows(files), self.rows_per_partition),
+            fn=_lookup,
+            left_schema=KEYED_PAIRS_SCHEMA,
+            right_schema=LOOKUP_SCHEMA,
+        )
+
+    def append(self, scored: str) -> dict[str, int]:
+        """Write the pairs scored this run (from run_rerank's `_scored/`) as this run's shard; returns
+        {"cache_hits", "scored"}: pairs answered from the cache and pairs the reranker scored."""
+        fs = io.pyarrow_filesystem(scored)
+        rows = ray.data.read_parquet(scored, filesystem=fs).select_columns(
+            [c.ROW_CACHE_KEY, c.SCORE, c.ROW_CACHED_SCORE, c.ROW_ERROR]
+        )
+        io.remove(self.shard)
+        entries = rows.map_batches(_new_entries, fn_kwargs={"run_id": self.run_id}, batch_format="pyarrow")
+        partitions = partitions_for(self.pairs, self.rows_per_partition)
+        entries = co_partition(entries, None, key=[c.CACHE_KEY], num_partitions=partitions, fn=_first_per_key)
+        entries.write_parquet(self.shard, filesystem=io.pyarrow_filesystem(self.shard))
+        stats = rows.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).sum(
+            ["cache_hits", "scored"]
+        )
+        return {"cache_hits": int(stats["sum(cache_hits)"] or 0), "scored": int(stats["sum(scored)"] or 0)}
+
+
+def add_cache_keys(table: pa.Table, reranker: str, revision: str | None, prompt: str | None) -> pa.Table:
+    queries = content_hashes(table, "query").to_pylist()
+    docs = content_hashes(table, "candidate").to_pylist()
+    keys = [pair_key(q, d, reranker, revision, prompt) for q, d in zip(queries, docs, strict=True)]
+    if c.ROW_CACHE_KEY in table.column_names:
+        table = table.drop_columns([c.ROW_CACHE_KEY])
+    return table.append_column(c.ROW_CACHE_KEY, pa.array(keys, pa.string()))
+
+
+def _as_lookup(table: pa.Table) -> pa.Table:
+    return pa.table(
+        {
+            c.ROW_CACHE_KEY: table.column(c.CACHE_KEY),
+            c.ROW_CACHED_SCORE: table.column(c.SCORE).cast(pa.float32()),
+        }
+    )
+
+
+def _lookup(pairs: pa.Table, cache: pa.Table) -> pa.Table:
+    return join_tables(pairs, cache, [c.ROW_CACHE_KEY], how="left outer")
+
+
+def _new_entries(table: pa.Table, run_id: str) -> pa.Table:
+    fresh = _freshly_scored(table)
+    fresh_rows = table.filter(fresh)
+    return pa.Table.from_arrays(
+        [
+            fresh_rows.column(c.ROW_CACHE_KEY),
+            fresh_rows.column(c.SCORE).cast(pa.float32()),
+            pa.array([run_id] * fresh_rows.num_rows, pa.string()),
+        ],
+        schema=CACHE_SCHEMA,
+    )
+
+
+def _freshly_scored(table: pa.Table) -> pa.Array:
+    ok = pc.and_(pc.is_null(table.column(c.ROW_ERROR)), pc.is_valid(table.column(c.SCORE)))
+    return pc.and_(ok, pc.is_null(_cached(table)))
+
+
+def _cached(table: pa.Table):
+    if c.ROW_CACHED_SCORE in table.column_names:
+        return table.column(c.ROW_CACHED_SCORE)
+    return pa.nulls(table.num_rows, pa.float32())
+
+
+def _first_per_key(entries: pa.Table, _right) -> pa.Table:
+    """Identical pairs scored twice in one run (same content under two ids) are cached once."""
+    index = entries.append_column("__i", pa.array(np.arange(entries.num_rows, dtype=np.int64)))
+    first = index.group_by([c.CACHE_KEY], use_threads=False).aggregate([("__i", "min")]).column("__i_min")
+    return entries.take(first)
+
+
+def _block_stats(table: pa.Table) -> pa.Table:
+    ok = pc.is_null(table.column(c.ROW_ERROR))
+    hits = pc.and_(ok, pc.is_valid(_cached(table)))
+    return pa.table(
+        {
+            "cache_hits": [pc.sum(pc.cast(hits, pa.int64())).as_py() or 0],
+            "scored": [pc.sum(pc.cast(_freshly_scored(table), pa.int64())).as_py() or 0],
+        }
+    )

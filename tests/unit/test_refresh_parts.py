@@ -1,0 +1,112 @@
+"""Refresh building blocks without Ray: content hashes, the index join, LATEST, stage markers, the CLI's
+one-line validation errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import refresh as job
+from pipelines.content_hash import content_hashes, pair_key
+from pipelines.keyed_join import join_tables
+from pipelines.publish import RunLayout, finished, mark_finished, publish_latest, read_latest
+from pipelines.score_cache import ScoreCache, _first_per_key
+
+
+def test_content_hash_ignores_side_and_nulls_but_not_content():
+    docs = pa.table({"doc_text": ["a", "a", "b", None], "doc_image": [None, None, None, "s3://x.png"]})
+    pairs = pa.table({"candidate_text": ["a"], "candidate_video": pa.array([None], pa.string())})
+    h = content_hashes(docs, "doc").to_pylist()
+    assert h[0] == h[1] == content_hashes(pairs, "candidate")[0].as_py()
+    assert len({h[0], h[2], h[3]}) == 3
+    assert pair_key("q", "d", "m", "rev", None) != pair_key("q", "d", "m", "rev", "judge:")
+    assert pair_key("q", "d", "m", "rev1", None) != pair_key("q", "d", "m", "rev2", None)
+
+
+def test_join_tables_carries_embeddings_and_never_duplicates_left_rows():
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(9, dtype=np.float32)), 3)
+    left = pa.table({"k": ["a", "b", "c", "a"], "x": [1, 2, 3, 4]})
+    right = pa.table({"k": ["a", "a", "c"], "emb": emb, "run": ["r1", "r2", "r3"]})
+    out = join_tables(left, right, ["k"]).to_pydict()
+    assert out["x"] == [1, 2, 3, 4]  # left order, one row each, duplicate right keys match the first
+    assert out["emb"] == [[0.0, 1.0, 2.0], None, [6.0, 7.0, 8.0], [0.0, 1.0, 2.0]]
+    assert out["run"] == ["r1", None, "r3", "r1"]
+    assert join_tables(left, right, ["k"], how="inner").column("x").to_pylist() == [1, 3, 4]
+    with pytest.raises(ValueError, match="join type"):
+        join_tables(left, right, ["k"], how="outer")
+
+
+def test_cache_entries_are_deduplicated_per_key():
+    entries = pa.table(
+        {
+            "cache_key": ["x", "y", "x"],
+            "score": pa.array([1.0, 2.0, 1.0], pa.float32()),
+            "scored_run": ["n", "n", "n"],
+        }
+    )
+    assert sorted(_first_per_key(entries, None).column("cache_key").to_pylist()) == ["x", "y"]
+
+
+def test_cache_never_reads_its_own_run(tmp_path):
+    cache = ScoreCache(root=str(tmp_path), reranker="m", revision="r", prompt=None, run_id="n2")
+    assert cache.previous_files() == []
+    for run in ("n1", "n2"):
+        shard = tmp_path / cache.directory.rsplit("/", 1)[-1] / f"run={run}"
+        shard.mkdir(parents=True)
+        pq.write_table(pa.table({"cache_key": ["k"], "score": [0.5]}), shard / "part.parquet")
+    assert [f.split("/")[-2] for f in cache.previous_files()] == ["run=n1"]
+
+
+def test_latest_is_replaced_whole(tmp_path):
+    assert read_latest(str(tmp_path)) is None
+    publish_latest(str(tmp_path), "night1")
+    publish_latest(str(tmp_path), "night2")
+    assert read_latest(str(tmp_path)) == "night2"
+    assert [p.name for p in tmp_path.iterdir()] == ["LATEST"]  # no temporary file left behind
+
+
+def test_stage_markers_refuse_a_different_configuration(tmp_path):
+    layout = RunLayout(str(tmp_path), "n1")
+    assert finished(layout, "retrieve", "cfg-a") is None
+    mark_finished(layout, "retrieve", "cfg-a", {"candidates": 3})
+    assert finished(layout, "retrieve", "cfg-a") == {"candidates": 3}
+    with pytest.raises(ValueError, match="different configuration"):
+        finished(layout, "retrieve", "cfg-b")
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    pq.write_table(pa.table({"doc_id": ["d"], "doc_text": ["t"]}), tmp_path / "corpus.parquet")
+    pq.write_table(pa.table({"query_id": ["q"], "query_text": ["t"]}), tmp_path / "queries.parquet")
+    model = tmp_path / "model"
+    model.mkdir()
+    return tmp_path, str(model)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--retrieve-k": "0"}, "--retrieve-k must be >= 1"),
+        ({"--corpus": "missing.parquet"}, "no such file or directory"),
+        ({"--queries": "corpus.parquet"}, "missing required column 'query_id'"),
+        ({"--run-id": "a/b"}, "--run-id 'a/b'"),
+        ({"--qrels": "nope.tsv"}, "--qrels"),
+        ({"--embed-batch-tokens": "0"}, "batch_tokens must be a positive"),
+    ],
+)
+def test_cli_fails_in_one_line_before_any_cluster_work(inputs, capsys, change, message):
+    tmp, model = inputs
+    args = {
+        "--corpus": tmp / "corpus.parquet",
+        "--queries": tmp / "queries.parquet",
+        "--embedder": model,
+        "--reranker": model,
+        "--output-root": tmp / "root",
+    }
+    args |= {k: tmp / v if k in ("--corpus", "--queries", "--qrels") else v for k, v in change.items()}
+    argv = [str(x) for item in args.items() for x in item]
+    assert job.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
