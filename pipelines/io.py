@@ -35,7 +35,9 @@ def list_parquet(uri: str) -> list[str]:
         raise InputError(f"{uri}: no such file or directory")
     files = [f for f in files if not posixpath.basename(f).startswith(("_", "."))]
     if not files:
-        raise InputError(f"{uri}: no Parquet files found (expected a .parquet file, a directory of shards or a glob)")
+        raise InputError(
+            f"{uri}: no Parquet files found (expected a .parquet file, a directory of shards or a glob)"
+        )
     return [qualify(fs, f) for f in files]
 
 

@@ -33,5 +33,8 @@ def rank_group(group: pa.Table, top_k: int | None = None) -> pa.Table:
 
 
 def _schema_for(table: pa.Table) -> pa.Schema:
-    fields = [RANKED_SCHEMA.field(n) if n in RANKED_SCHEMA.names else table.schema.field(n) for n in table.column_names]
+    fields = [
+        RANKED_SCHEMA.field(n) if n in RANKED_SCHEMA.names else table.schema.field(n)
+        for n in table.column_names
+    ]
     return pa.schema(fields)

@@ -9,7 +9,12 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 PACKAGES = ("ray", "torch", "transformers", "sentence-transformers", "pyarrow", "numpy", "torchcodec")
-SMALL_FILES = ("modules.json", "config.json", "config_sentence_transformers.json", "sentence_bert_config.json")
+SMALL_FILES = (
+    "modules.json",
+    "config.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -34,7 +39,9 @@ def model_fingerprint(model: str) -> dict:
             full = os.path.join(root, name)
             rel = os.path.relpath(full, path)
             h.update(rel.encode())
-            if name in SMALL_FILES or (name.endswith((".jinja", ".json")) and os.path.getsize(full) < 1 << 20):
+            if name in SMALL_FILES or (
+                name.endswith((".jinja", ".json")) and os.path.getsize(full) < 1 << 20
+            ):
                 with open(full, "rb") as f:
                     h.update(f.read())
             else:

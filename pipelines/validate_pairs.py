@@ -27,7 +27,10 @@ def validate_pairs(table: pa.Table) -> pa.Table:
     checks = [
         (pc.is_null(table.column(c.QUERY_ID)), "query_id is null"),
         (pc.is_null(table.column(c.CANDIDATE_ID)), "candidate_id is null"),
-        (pc.invert(_has_content(table, c.QUERY_CONTENT)), "query has no content: query_text/_image/_audio/_video all null"),
+        (
+            pc.invert(_has_content(table, c.QUERY_CONTENT)),
+            "query has no content: query_text/_image/_audio/_video all null",
+        ),
         (
             pc.invert(_has_content(table, c.CANDIDATE_CONTENT)),
             "candidate has no content: candidate_text/_image/_audio/_video all null",

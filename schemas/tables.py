@@ -111,7 +111,8 @@ def normalize_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Project `table` onto `schema`: columns cast, absent ones as nulls, unknown extra columns dropped."""
     n = table.num_rows
     arrays = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type) for f in schema
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
+        for f in schema
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
 

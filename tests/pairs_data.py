@@ -10,7 +10,20 @@ import pyarrow.parquet as pq
 
 def adversarial_pairs(n_queries: int = 6, per_query: int = 7) -> pa.Table:
     rows = []
-    words = ["ray", "data", "streams", "blocks", "to", "actors", "that", "hold", "models", "and", "score", "pairs"]
+    words = [
+        "ray",
+        "data",
+        "streams",
+        "blocks",
+        "to",
+        "actors",
+        "that",
+        "hold",
+        "models",
+        "and",
+        "score",
+        "pairs",
+    ]
     for q in range(n_queries):
         for k in range(per_query):
             text = " ".join(words[(q + k + j) % len(words)] for j in range(3 + 5 * k))
