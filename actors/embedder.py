@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from actors.model_source import check_model_reference, materialize
 from actors.reranker import resolve_device_and_dtype
-from actors.token_budget import MicroBatch, pack_by_tokens
+from actors.token_budget import pack_by_tokens
 from schemas import columns as c
 
 Side = Literal["document", "query"]
@@ -124,14 +124,16 @@ class EmbedWorker:
         self.prompt_args = spec.prompt_args(side)
         self.prompt = resolved_prompt(self.model, side, **self.prompt_args)
         self.encode: Callable = self.model.encode_query if side == "query" else self.model.encode_document
+        self.patch = _patch_size(self.model)
 
     def token_lengths(self, inputs: list) -> np.ndarray:
-        """Real tokens per input after the model's own preprocessing (prompt and media tokens included)."""
+        """Real tokens per input after the model's own preprocessing (prompt, chat template and media tokens
+        included). The inputs share one modality: the library preprocesses one modality per batch."""
         lengths = np.zeros(len(inputs), dtype=np.int64)
         for start in range(0, len(inputs), LENGTH_PROBE_ROWS):
             chunk = inputs[start : start + LENGTH_PROBE_ROWS]
             features = self.model.preprocess(chunk, prompt=self.prompt, task=self.side)
-            lengths[start : start + len(chunk)] = features["attention_mask"].sum(dim=1).cpu().numpy()
+            lengths[start : start + len(chunk)] = _feature_lengths(features, len(chunk), self.patch)
         return lengths
 
     def embed_batch(self, inputs: list) -> np.ndarray:
@@ -149,65 +151,103 @@ class EmbedWorker:
         from actors.element_inputs import build_elements
 
         n = table.num_rows
-        errors = _column_or_nulls(table, c.ROW_ERROR)
-        stages = _column_or_nulls(table, c.ROW_STAGE)
-        vectors = np.zeros((n, self.dim), dtype=np.float32)
-        have = np.zeros(n, dtype=bool)
-        tokens = np.zeros(n, dtype=np.int64)
-        known = _known_embeddings(table, self.dim)
-        for i, vector in known.items():
-            if errors[i] is None:
-                vectors[i], have[i] = vector, True
-        todo = [i for i in range(n) if errors[i] is None and not have[i]]
+        out = _Output(
+            vectors=np.zeros((n, self.dim), dtype=np.float32),
+            have=np.zeros(n, dtype=bool),
+            tokens=np.zeros(n, dtype=np.int64),
+            errors=_column_or_nulls(table, c.ROW_ERROR),
+            stages=_column_or_nulls(table, c.ROW_STAGE),
+        )
+        for i, vector in _known_embeddings(table, self.dim).items():
+            if out.errors[i] is None:
+                out.vectors[i], out.have[i] = vector, True
+        todo = [i for i in range(n) if out.errors[i] is None and not out.have[i]]
         inputs, build_errors = build_elements(table, self.prefix, todo, self.model)
         for i, reason in build_errors.items():
-            errors[i], stages[i] = reason, "embed"
+            out.fail(i, reason)
         rows = np.asarray([i for i in todo if i not in build_errors], dtype=np.int64)
+        groups: dict = {}
+        for k, item in enumerate(inputs):
+            groups.setdefault(_modality_of(item), []).append(k)
+        for members in groups.values():
+            self._embed_group([inputs[k] for k in members], rows[members], out)
+        return out.to_table(table, self.dim)
 
-        if len(inputs):
-            lengths, bad = _isolating(lambda xs: self.token_lengths(xs), inputs, "preprocessing")
-            for k, reason in bad.items():
-                errors[rows[k]], stages[rows[k]] = reason, "embed"
-            ok = np.asarray([k for k in range(len(inputs)) if k not in bad], dtype=np.int64)
-            for batch in pack_by_tokens(lengths[ok], self.spec.batch_tokens):
-                self._embed_into(
-                    batch,
-                    [inputs[k] for k in ok[batch.rows]],
-                    rows[ok[batch.rows]],
-                    vectors,
-                    have,
-                    errors,
-                    stages,
-                )
-                tokens[rows[ok[batch.rows]]] = lengths[ok[batch.rows]]
+    def _embed_group(self, inputs: list, targets: np.ndarray, out: _Output) -> None:
+        """Inputs of one modality: lengths, then length-sorted micro-batches under the token budget."""
+        lengths, bad = _isolating(self.token_lengths, inputs, "preprocessing")
+        for k, reason in bad.items():
+            out.fail(targets[k], reason)
+        ok = np.asarray([k for k in range(len(inputs)) if k not in bad], dtype=np.int64)
+        for batch in pack_by_tokens(lengths[ok], self.spec.batch_tokens):
+            picked = ok[batch.rows]
+            self._embed_into([inputs[k] for k in picked], targets[picked], out)
+            out.tokens[targets[picked]] = lengths[picked]
 
-        valid = have & np.asarray([e is None for e in errors], dtype=bool)
-        flat = pa.array(vectors.reshape(-1), pa.float32())
-        embedding = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
-        out = table.drop_columns(
-            [x for x in (c.EMBEDDING, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS) if x in table.column_names]
-        )
-        return (
-            out.append_column(c.EMBEDDING, embedding)
-            .append_column(c.ROW_ERROR, pa.array(errors, pa.string()))
-            .append_column(c.ROW_STAGE, pa.array(stages, pa.string()))
-            .append_column(c.ROW_TOKENS, pa.array(tokens))
-        )
-
-    def _embed_into(
-        self, batch: MicroBatch, inputs: list, targets: np.ndarray, vectors, have, errors, stages
-    ) -> None:
+    def _embed_into(self, inputs: list, targets: np.ndarray, out: _Output) -> None:
         """Embed one micro-batch; if it raises, embed its rows one by one so one bad input is one error row."""
         try:
-            vectors[targets], have[targets] = self.embed_batch(inputs), True
+            out.vectors[targets], out.have[targets] = self.embed_batch(inputs), True
             return
         except Exception:
             pass  # fall through: isolate the failing rows below
         for target, item in zip(targets, inputs, strict=True):
             try:
-                vectors[target], have[target] = self.embed_batch([item])[0], True
+                out.vectors[target], out.have[target] = self.embed_batch([item])[0], True
             except Exception as exc:  # one unembeddable input becomes one error row
-                errors[target], stages[target] = _reason("embedding failed", exc), "embed"
+                out.fail(target, _reason("embedding failed", exc))
+
+
+@dataclass
+class _Output:
+    """Per-row results of one block, filled in whatever order micro-batches finish."""
+
+    vectors: np.ndarray
+    have: np.ndarray
+    tokens: np.ndarray
+    errors: list
+    stages: list
+
+    def fail(self, row: int, reason: str) -> None:
+        self.errors[row], self.stages[row] = reason, "embed"
+
+    def to_table(self, table: pa.Table, dim: int) -> pa.Table:
+        valid = self.have & np.asarray([e is None for e in self.errors], dtype=bool)
+        flat = pa.array(self.vectors.reshape(-1), pa.float32())
+        embedding = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~valid))
+        drop = [x for x in (c.EMBEDDING, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS) if x in table.column_names]
+        return (
+            table.drop_columns(drop)
+            .append_column(c.EMBEDDING, embedding)
+            .append_column(c.ROW_ERROR, pa.array(self.errors, pa.string()))
+            .append_column(c.ROW_STAGE, pa.array(self.stages, pa.string()))
+            .append_column(c.ROW_TOKENS, pa.array(self.tokens))
+        )
+
+
+def _modality_of(item) -> str | tuple[str, ...]:
+    return "text" if isinstance(item, str) else tuple(sorted(item))
+
+
+def _feature_lengths(features: dict, n: int, patch: int) -> np.ndarray:
+    """Tokens per row: the attention mask when the model has one (text, and VLMs, whose prompt carries the
+    visual tokens); else one token per patch of the preprocessed image (CLIP-style image towers)."""
+    mask = features.get("attention_mask")
+    if mask is not None:
+        return mask.sum(dim=1).cpu().numpy()
+    pixels = features.get("pixel_values")
+    if pixels is not None and getattr(pixels, "ndim", 0) == 4:
+        return np.full(n, max(1, (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)), dtype=np.int64)
+    raise ValueError(
+        f"cannot count tokens: preprocess returned no attention_mask or 4-D pixel_values ({sorted(features)})"
+    )
+
+
+def _patch_size(model) -> int:
+    """The vision patch size of the first module's model, for counting image tokens (14 when unknown)."""
+    config = getattr(getattr(model[0], "model", None), "config", None)
+    vision = getattr(config, "vision_config", None)
+    return int(getattr(vision, "patch_size", None) or getattr(config, "patch_size", None) or 14)
 
 
 def _isolating(fn, inputs: list, what: str) -> tuple[np.ndarray, dict[int, str]]:

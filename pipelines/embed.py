@@ -22,6 +22,7 @@ from actors.embedder import PREFIX, EmbedderSpec, EmbedWorker, Side
 from pipelines import io
 from pipelines.content_hash import content_hashes
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
+from pipelines.rerank import MEDIA_TASK_MEMORY
 from pipelines.run_info import model_fingerprint
 from schemas import columns as c
 from schemas.tables import ERRORS_SCHEMA, normalize_to
@@ -217,7 +218,13 @@ def embed_side(
     )
     if media is not None:
         ds = ds.map_batches(
-            resolve_side_media, fn_kwargs={"spec": media, "side": side}, batch_format="pyarrow"
+            resolve_side_media,
+            fn_kwargs={"spec": media, "side": side},
+            batch_size=pool.block_rows,
+            batch_format="pyarrow",
+            num_cpus=1,
+            memory=MEDIA_TASK_MEMORY,  # as in the rerank pipeline: keeps fetch/decode out of the model actors
+            udf_modifying_row_count=False,
         )
     ds = ds.map_batches(
         worker_cls,

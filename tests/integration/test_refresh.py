@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 
 from pipelines.publish import read_latest
 from pipelines.refresh import RefreshConfig, run_refresh
+from tests.media_files import make_image
 
 VOCABULARY = (
     "ray data streams blocks between operators while actors hold models that score pairs python lists tuples "
@@ -31,7 +32,7 @@ def text(rng: random.Random, n: int) -> str:
 def write_corpus(rows: list[dict], out: Path, shards: int = 20) -> Path:
     """Many small shards: the corpus reaches retrieval as many blocks."""
     out.mkdir(parents=True)
-    schema = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string())])
+    schema = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string()), ("doc_image", pa.string())])
     for i in range(shards):
         pq.write_table(pa.Table.from_pylist(rows[i::shards], schema=schema), out / f"part-{i:02d}.parquet")
     return out
@@ -42,10 +43,13 @@ def data(tmp_path_factory):
     rng = random.Random(7)
     tmp = tmp_path_factory.mktemp("refresh")
     docs = [{"doc_id": f"d{i:03d}", "doc_text": text(rng, 4 + i % 11)} for i in range(N_DOCS)]
-    bad = [
+    picture = make_image(tmp / "picture.png")
+    bad = [  # five documents that cannot be embedded, each for its own reason
         {"doc_id": "dup", "doc_text": "first copy"},
         {"doc_id": "dup", "doc_text": "second copy"},
         {"doc_id": "empty", "doc_text": None},
+        {"doc_id": "picture", "doc_image": str(picture)},  # fetched and decoded; the text embedder refuses it
+        {"doc_id": "gone", "doc_image": str(tmp / "gone.png")},  # the media stage cannot fetch it
     ]
     queries = [{"query_id": f"q{i}", "query_text": text(rng, 3)} for i in range(N_QUERIES)]
     changed = sorted(rng.sample(range(N_DOCS), N_DOCS // 10))
@@ -144,14 +148,16 @@ def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):
     want_queries = model.encode_query([q["query_text"] for q in data["queries"]], prompt="query: ")
 
     got = embeddings_by_id(run / "embeddings" / "corpus", "doc_id")
-    assert set(got) == {*doc_ids, "dup", "empty"}
+    assert set(got) == {*doc_ids, "dup", "empty", "picture", "gone"}
     for i, doc_id in enumerate(doc_ids):
         np.testing.assert_allclose(got[doc_id]["embedding"], want_docs[i], atol=1e-5, rtol=0)
         assert got[doc_id]["embedded_run"] == "night1" and got[doc_id]["error"] is None
     assert got["dup"]["embedding"] is None and "appears 2 times" in got["dup"]["error"]
     assert got["empty"]["embedding"] is None and "no content" in got["empty"]["error"]
+    assert got["picture"]["embedding"] is None and got["picture"]["error"].startswith("unsupported modality")
+    assert got["gone"]["embedding"] is None and got["gone"]["stage"] == "media"
     errors = read_dir(run / "embed_errors" / "corpus")
-    assert sorted(e["candidate_id"] for e in errors) == ["dup", "dup", "empty"]
+    assert sorted(e["candidate_id"] for e in errors) == ["dup", "dup", "empty", "gone", "picture"]
     got_q = embeddings_by_id(run / "embeddings" / "queries", "query_id")
     for i, q in enumerate(data["queries"]):
         np.testing.assert_allclose(got_q[q["query_id"]]["embedding"], want_queries[i], atol=1e-5, rtol=0)
@@ -183,10 +189,10 @@ def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):
 
     counts = manifest["counts"]
     assert counts | {} == {
-        "docs": N_DOCS + 3,
+        "docs": N_DOCS + 5,
         "docs_embedded": N_DOCS,
         "docs_reused": 0,
-        "docs_failed": 3,
+        "docs_failed": 5,
         "queries": N_QUERIES,
         "queries_failed": 0,
         "candidates": N_QUERIES * K,
@@ -219,7 +225,7 @@ def test_killed_night_keeps_latest_then_resumes_incrementally(data, minilm, qwen
     assert (counts["docs_embedded"], counts["docs_reused"], counts["docs_failed"]) == (
         N_DOCS // 10,
         N_DOCS - N_DOCS // 10,
-        3,
+        5,
     )
 
     got = embeddings_by_id(run / "embeddings" / "corpus", "doc_id")
@@ -251,7 +257,7 @@ def test_killed_night_keeps_latest_then_resumes_incrementally(data, minilm, qwen
     assert len(keys) == len(set(keys)) == len(candidates) == N_QUERIES * K
     scores = dict(zip(keys, (r["score"] for r in ranked), strict=True))
     assert all(scores[p] == night1_pairs[p] for p in expect_hits)
-    assert len(read_dir(run / "embeddings" / "corpus")) == N_DOCS + 3
+    assert len(read_dir(run / "embeddings" / "corpus")) == N_DOCS + 5
 
     # The same run id again: already complete, nothing rewritten.
     again = run_refresh(cfg)
