@@ -20,11 +20,13 @@ from schemas import columns as c
 from schemas.tables import normalize_to
 
 LEFT, RIGHT = 0, 1
+MAX_PARTITIONS = 1000  # beyond this, per-partition overhead (every map task splits into each) dominates
 
 
 def partitions_for(rows: int, rows_per_partition: int) -> int:
-    """Shuffle partitions for `rows` rows: each output block stays small enough to be one file and one batch."""
-    return max(1, -(-rows // max(1, rows_per_partition)))
+    """Shuffle partitions for `rows` rows: `rows_per_partition` each, at most MAX_PARTITIONS. A partition
+    is one block (the hash repartition never splits it) and one reduce task's memory."""
+    return min(MAX_PARTITIONS, max(1, -(-rows // max(1, rows_per_partition))))
 
 
 def co_partition(

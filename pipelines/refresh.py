@@ -262,6 +262,7 @@ class _Night:
             metric=self.cfg.metric,
             block_rows=self.cfg.retrieve_block_rows,
             rows_per_partition=self.cfg.rows_per_partition,
+            corpus_rows=self.inputs.docs,
         )
         candidates = io.count_rows(io.list_parquet(self.layout.candidates)) if queries else 0
         return {"queries": queries, "candidates": candidates}

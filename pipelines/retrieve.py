@@ -196,8 +196,11 @@ def retrieve(
     metric: Metric,
     block_rows: int,
     rows_per_partition: int,
+    corpus_rows: int,
 ) -> int:
-    """Write the top-`k` candidates of every embedded query to `output`; returns the number of queries."""
+    """Write the top-`k` candidates of every embedded query to `output`; returns the number of queries.
+    `corpus_rows` (from Parquet metadata) sizes the shuffles: the merge moves about Q·k rows per corpus
+    block, the joins Q·k rows plus the corpus or the queries."""
     query_ids, queries = load_query_matrix(query_embeddings)
     io.remove(output)
     if len(query_ids) == 0:
@@ -210,9 +213,14 @@ def retrieve(
         batch_size=block_rows,
         batch_format="pyarrow",
     )
-    partitions = partitions_for(len(query_ids) * k, rows_per_partition)
+    pairs, blocks = len(query_ids) * k, -(-corpus_rows // block_rows)
     merged = co_partition(
-        hits, None, key=[c.QUERY_ID], num_partitions=partitions, fn=_merge_partition, fn_kwargs={"k": k}
+        hits,
+        None,
+        key=[c.QUERY_ID],
+        num_partitions=partitions_for(pairs * blocks, rows_per_partition),
+        fn=_merge_partition,
+        fn_kwargs={"k": k},
     )
     docs = ray.data.read_parquet(corpus_files, filesystem=io.pyarrow_filesystem(corpus_files[0]))
     docs = docs.map_batches(_as_candidate_content, batch_format="pyarrow")
@@ -220,7 +228,7 @@ def retrieve(
         merged,
         docs,
         key=[c.CANDIDATE_ID],
-        num_partitions=partitions,
+        num_partitions=partitions_for(pairs + corpus_rows, rows_per_partition),
         fn=_join_inner,
         left_schema=MERGED_SCHEMA,
         right_schema=CANDIDATE_CONTENT_SCHEMA,
@@ -232,7 +240,7 @@ def retrieve(
         with_docs,
         query_content,
         key=[c.QUERY_ID],
-        num_partitions=partitions,
+        num_partitions=partitions_for(pairs + len(query_ids), rows_per_partition),
         fn=_join_and_order,
         left_schema=pa.schema([*MERGED_SCHEMA, *CANDIDATE_CONTENT_SCHEMA.remove(0)]),
         right_schema=QUERY_CONTENT_SCHEMA,

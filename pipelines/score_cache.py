@@ -96,8 +96,10 @@ class ScoreCache:
         """Write the pairs scored this run (from run_rerank's `_scored/`) as this run's shard; returns
         {"cache_hits", "scored"}: pairs answered from the cache and pairs the reranker scored."""
         fs = io.pyarrow_filesystem(scored)
+        present = io.read_schema(io.list_parquet(scored)[0]).names  # no __cached_score before a first cache
+        wanted = [c.ROW_CACHE_KEY, c.SCORE, c.ROW_CACHED_SCORE, c.ROW_ERROR]
         rows = ray.data.read_parquet(scored, filesystem=fs).select_columns(
-            [c.ROW_CACHE_KEY, c.SCORE, c.ROW_CACHED_SCORE, c.ROW_ERROR]
+            [n for n in wanted if n in present]
         )
         io.remove(self.shard)
         entries = rows.map_batches(_new_entries, fn_kwargs={"run_id": self.run_id}, batch_format="pyarrow")
