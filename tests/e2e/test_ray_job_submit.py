@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,7 +32,13 @@ def submit(dashboard: str, *job_args: str) -> subprocess.CompletedProcess:
         "-m",
         *job_args,
     ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    deadline = time.monotonic() + 180
+    while True:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        # The job agent starts a little after the instance; the client says so, and retrying is its advice.
+        if "No available agent to submit job" not in res.stderr + res.stdout or time.monotonic() > deadline:
+            return res
+        time.sleep(3)
 
 
 @pytest.mark.slow
