@@ -1,0 +1,345 @@
+"""Throughput benchmark: the same pairs scored four ways, interleaved over rounds, medians compared.
+
+(a) per-query `CrossEncoder.rank` loop, (b) `CrossEncoder.predict` over all pairs, (c) the bare model
+forward over the pipeline's own micro-batches, (d) the rerank pipeline end to end on Ray; plus, optionally,
+each exact fast path run in-process by the pipeline's worker against the default path. Machines are noisy,
+so every round runs every method (in a rotated order) and the report uses per-method medians; ratios of
+medians measured in one run are the figures to trust, absolute times only on a dedicated GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from actors.fast_paths import apply_fast_paths
+from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder, resolve_device_and_dtype
+from pipelines import bench_methods as bm
+from pipelines.bench_data import (
+    SHORT_DOCUMENTS,
+    LengthSpec,
+    fit_documents_to_tokens,
+    skewed_pairs,
+    text_pairs,
+)
+from pipelines.bench_models import flops_per_pair, peak_tflops
+from pipelines.rerank import RerankConfig
+from pipelines.run_info import library_versions
+from schemas import columns as c
+
+METHODS = ("rank_loop", "predict", "bare_forward", "pipeline")
+TARGETS = {"padding_efficiency": 0.95, "pipeline_vs_bare_forward": 0.9, "pipeline_vs_rank_loop": 1.5}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run; `jobs.benchmark` maps its flags onto it one to one."""
+
+    model: str
+    pairs: int = 160  # 10 queries x 16: three rounds of all methods in ~10 min on 2 CPU cores (SmolLM2-135M)
+    per_query: int = 16  # candidates per query
+    pair_tokens: int | None = None  # every pair exactly this many tokens, instead of the skewed lengths
+    lengths: LengthSpec = field(default_factory=LengthSpec)  # the skewed document length distribution
+    rounds: int = 3  # every method runs once per round; medians over rounds
+    seed: int = 0
+    prompt: str | None = None
+    max_length: int | None = None
+    batch_tokens: int = RerankConfig.batch_tokens
+    block_rows: int = RerankConfig.block_rows
+    actors: int = RerankConfig.actors
+    cpus_per_actor: float = RerankConfig.cpus_per_actor
+    gpus_per_actor: float | None = None
+    torch_threads: int | None = None  # default: every core on CPU (driver and actors)
+    device: str | None = None  # default: cuda when available, else cpu
+    dtype: str = "auto"
+    score_path: str = "logit"  # the path (c) and (d) score with; (a) and (b) are always the library's own
+    fp32_head: bool = False
+    prefix_reuse: bool = False
+    attn_implementation: str | None = None
+    fast_paths: bool = True  # also time each exact fast path against the default path, in-process
+    fast_path_pairs: int = 32  # per fast path and round; whole queries (2 x 16) for prefix reuse
+    peak_tflops: float | None = None  # accelerator peak for MFU (default: datasheet table by GPU name)
+    work_dir: str | None = None  # pairs Parquet and pipeline outputs (default: a temporary directory)
+
+    def validate(self) -> BenchConfig:
+        if self.pairs < 2 or self.rounds < 1 or self.fast_path_pairs < 2:
+            raise ValueError(f"need pairs >= 2, rounds >= 1, fast_path_pairs >= 2; got {self}")
+        self.rerank_config().validate()
+        self.lengths.validate()
+        return self
+
+    def spec(self, **fast) -> RerankerSpec:
+        fields = dict(score_path=self.score_path, fp32_head=self.fp32_head, prefix_reuse=self.prefix_reuse)
+        fields.update(fast)
+        return RerankerSpec(
+            model=self.model,
+            prompt=self.prompt,
+            max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
+            dtype=self.dtype,
+            device=self.device,
+            torch_threads=self.threads,
+            attn_implementation=self.attn_implementation,
+            **fields,
+        )
+
+    @property
+    def threads(self) -> int | None:
+        on_cpu = self.device == "cpu" or (self.device is None and not _cuda_available())
+        return self.torch_threads or (os.cpu_count() if on_cpu else None)
+
+    def rerank_config(self) -> RerankConfig:
+        on_cpu = self.device == "cpu" or (self.device is None and not _cuda_available())
+        return RerankConfig(
+            pairs="",
+            model=self.model,
+            output="",
+            prompt=self.prompt,
+            max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
+            block_rows=self.block_rows,
+            actors=self.actors,
+            cpus_per_actor=self.cpus_per_actor,
+            gpus_per_actor=0.0 if on_cpu else self.gpus_per_actor,
+            torch_threads=self.threads,
+            dtype=self.dtype,
+            score_path=self.score_path,
+            fp32_head=self.fp32_head,
+            prefix_reuse=self.prefix_reuse,
+            attn_implementation=self.attn_implementation,
+        )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_benchmark(cfg: BenchConfig) -> dict:
+    """Run every method `cfg.rounds` times, interleaved; return the report (see docs/benchmark.md).
+    Assumes `ray.init` was called (the pipeline method needs a cluster)."""
+    import torch
+
+    cfg.validate()
+    load_start = os.getloadavg()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    plain = load_cross_encoder(cfg.spec(score_path="logit", fp32_head=False, prefix_reuse=False))
+    prompt = cfg.prompt if cfg.prompt is not None else plain.prompts.get(plain.default_prompt_name or "")
+    table = skewed_pairs(cfg.pairs, cfg.per_query, cfg.lengths, cfg.seed)
+    if cfg.pair_tokens:
+        table = fit_documents_to_tokens(table, plain, cfg.pair_tokens)
+    work = bm.Workload.build(table, plain, prompt, cfg.batch_tokens, cfg.block_rows)
+    fast = plain
+    if (cfg.score_path, cfg.fp32_head) != ("logit", False):
+        fast = apply_fast_paths(load_cross_encoder(cfg.spec()), cfg.score_path, cfg.fp32_head)
+    prepared = bm.tokenise_micro_batches(fast, work, prompt)
+
+    root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-bench-")
+    pairs_dir = os.path.join(root, "pairs")
+    os.makedirs(pairs_dir, exist_ok=True)
+    pq.write_table(table, os.path.join(pairs_dir, "part-0.parquet"))
+    variants = _fast_path_variants(cfg, work) if cfg.fast_paths else {}
+
+    plain.predict(work.pairs[:8], prompt=prompt)  # warm-up: first-call allocations and kernel selection
+    bm.bare_forward(fast, work, prepared[:1])
+    rcfg = cfg.rerank_config()
+    runs: dict[str, list[bm.Timed]] = {name: [] for name in (*METHODS, *variants)}
+    calls = {
+        "rank_loop": lambda: bm.rank_loop(plain, work, prompt),
+        "predict": lambda: bm.predict_all(plain, work, prompt),
+        "bare_forward": lambda: bm.bare_forward(fast, work, prepared),
+    }
+    try:
+        for r in range(cfg.rounds):
+            order = list(METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]) + list(variants)
+            for name in order:
+                if name == "pipeline":
+                    out = os.path.join(root, f"pipeline-{r}")
+                    runs[name].append(bm.pipeline(rcfg, work, pairs_dir, out))
+                    shutil.rmtree(out, ignore_errors=True)
+                elif name in calls:
+                    runs[name].append(calls[name]())
+                else:
+                    worker, sub = variants[name]
+                    runs[name].append(bm.worker_variant(worker, sub))
+                print(
+                    f"[benchmark] round {r + 1}/{cfg.rounds} {name}: {runs[name][-1].seconds:.2f} s",
+                    flush=True,
+                )
+    finally:
+        if cfg.work_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    report = _report(cfg, plain, work, runs, variants, prompt)
+    report["machine"]["loadavg_start"], report["machine"]["loadavg_end"] = load_start, os.getloadavg()
+    return report
+
+
+def _fast_path_variants(cfg: BenchConfig, work: bm.Workload) -> dict:
+    """name -> (in-process worker, table). The default path on the same rows is each one's baseline."""
+    n = min(cfg.fast_path_pairs, work.table.num_rows)
+    subset = work.table.slice(0, n)
+    short = skewed_pairs(n, cfg.per_query, SHORT_DOCUMENTS, cfg.seed + 1)
+    options = {"default": {}, "hidden": {"score_path": "hidden"}, "prefix_reuse": {"prefix_reuse": True}}
+    _, dtype = resolve_device_and_dtype(cfg.spec())
+    if str(dtype) != "torch.float32":
+        options["fp32_head"] = {"fp32_head": True}
+        options["hidden+fp32_head"] = {"score_path": "hidden", "fp32_head": True}
+    variants = {}
+    for name, fast in options.items():
+        base = dict(score_path="logit", fp32_head=False, prefix_reuse=False)
+        variants[name] = (RerankWorker(cfg.spec(**{**base, **fast})), subset)
+    variants["default@short"] = (variants["default"][0], short)
+    variants["prefix_reuse@short"] = (variants["prefix_reuse"][0], short)
+    return variants
+
+
+def _median(values) -> float:
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def _ties(scores: np.ndarray, query_ids: list[str]) -> int:
+    """Pairs whose score exactly equals another candidate's of the same query."""
+    seen: dict = {}
+    for q, s in zip(query_ids, scores.tolist(), strict=True):
+        seen[(q, s)] = seen.get((q, s), 0) + 1
+    return int(sum(n for n in seen.values() if n > 1))
+
+
+def _summary(
+    timed: list[bm.Timed], n_pairs: int, real_tokens: int, reference: np.ndarray, flops: float
+) -> dict:
+    seconds = _median([t.seconds for t in timed])
+    return {
+        "seconds_median": seconds,
+        "seconds_rounds": [t.seconds for t in timed],
+        "cpu_seconds_rounds": [t.cpu_seconds for t in timed],
+        "pairs_per_cpu_s": n_pairs / _median([t.cpu_seconds for t in timed]),
+        "pairs_per_s": n_pairs / seconds,
+        "pairs_per_s_best": n_pairs / min(t.seconds for t in timed),
+        "real_tokens_per_s": real_tokens / seconds,
+        "padding_efficiency": real_tokens / timed[0].padded_tokens if timed[0].padded_tokens else None,
+        "achieved_tflops": flops / seconds / 1e12,
+        "max_abs_diff_vs_predict": float(max(np.nanmax(np.abs(t.scores - reference)) for t in timed)),
+        "unscored": int(np.isnan(timed[0].scores).sum()),
+    }
+
+
+def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: dict, prompt) -> dict:
+    import torch
+
+    device, dtype = resolve_device_and_dtype(cfg.spec())
+    dtype_name = str(dtype).removeprefix("torch.")
+    config = plain[0].model.config
+    n, real = len(work.pairs), int(work.lengths.sum())
+    flops = float(sum(flops_per_pair(config, int(t), cfg.score_path) for t in work.lengths))
+    reference = runs["predict"][0].scores
+    methods = {name: _summary(runs[name], n, real, reference, flops) for name in METHODS}
+    pipe = methods["pipeline"]
+    extras = [t.extra for t in runs["pipeline"]]
+    for key in ("wall_s", "startup_s", "excl_startup_s", "scoring_span_s"):
+        pipe[f"{key}_median"] = _median([e[key] for e in extras])
+    pipe["pairs_per_s_incl_startup"] = n / pipe["wall_s_median"]
+    pipe["pairs_per_s_excl_startup"] = n / pipe["excl_startup_s_median"]
+    pipe["pairs_per_s_steady"] = n / pipe["scoring_span_s_median"]
+    pipe["pairs_per_s_basis"] = "steady: pairs / (last block end - first block start) inside the actors"
+
+    def ratios(key: str, other: str = "pairs_per_s") -> dict:
+        d = pipe[key]
+        return {f"pipeline_vs_{m}": d / methods[m][other] for m in ("rank_loop", "predict", "bare_forward")}
+
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    peak = cfg.peak_tflops or (peak_tflops(gpu, dtype_name) if gpu else None)
+    for m in methods.values():
+        m["mfu"] = m["achieved_tflops"] / peak if peak else None
+    steady = ratios("pairs_per_s_steady")
+    checks = {
+        "padding_efficiency": pipe["padding_efficiency"],
+        "pipeline_vs_bare_forward": steady["pipeline_vs_bare_forward"],
+        "pipeline_vs_rank_loop": steady["pipeline_vs_rank_loop"],
+    }
+    lengths = work.lengths
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": device,
+            "gpu": gpu,
+            "peak_tflops": peak,
+        },
+        "versions": library_versions(),
+        "settings": {**asdict(cfg), "resolved_dtype": dtype_name, "resolved_prompt": prompt},
+        "workload": {
+            "pairs": n,
+            "queries": len(work.queries),
+            "real_tokens": real,
+            "tokens_per_pair": {
+                "min": int(lengths.min()),
+                "median": float(np.median(lengths)),
+                "mean": float(lengths.mean()),
+                "p90": float(np.percentile(lengths, 90)),
+                "max": int(lengths.max()),
+            },
+            "micro_batches": sum(len(b) for _, b in work.blocks),
+            "flops_per_pair_mean": flops / n,
+        },
+        "methods": methods,
+        "ratios": steady,
+        "ratios_excl_startup": ratios("pairs_per_s_excl_startup"),
+        "ratios_incl_startup": ratios("pairs_per_s_incl_startup"),
+        "ratio_basis": "pipeline steady-state pairs/s over each method's pairs/s (medians of rounds)",
+        "ratios_best_of_rounds": ratios("pairs_per_s_best", "pairs_per_s_best"),
+        "ratios_best_of_rounds_basis": "the fastest round of each method: other load on a shared machine only "
+        "ever slows a round down, so the best round is the least disturbed one",
+        "ratios_cpu_time": {
+            f"pipeline_vs_{m}": pipe["pairs_per_cpu_s"] / methods[m]["pairs_per_cpu_s"]
+            for m in ("rank_loop", "predict", "bare_forward")
+        },
+        "ratios_cpu_time_basis": "pairs per CPU-second of the scoring process(es): the driver for a-c, the "
+        "actors for d (Ray's own processes not counted); insensitive to other load on a shared machine",
+        "cpu_targets": {
+            k: {"value": v, "target": TARGETS[k], "met": bool(v >= TARGETS[k])} for k, v in checks.items()
+        },
+        "fast_paths": _fast_path_report(runs, variants, plain, prompt),
+        "ties": {"predict": _ties(reference, work.table.column(c.QUERY_ID).to_pylist())},
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _fast_path_report(runs: dict, variants: dict, plain, prompt) -> dict:
+    """Per variant: median seconds, speed-up over the default path on the same rows, parity and ties."""
+    out: dict = {}
+    references: dict = {}
+    for name, (_, table) in variants.items():
+        key = id(table)
+        if key not in references:
+            pairs = text_pairs(table)
+            references[key] = np.asarray(plain.predict(pairs, prompt=prompt), dtype=np.float32)
+        seconds = _median([t.seconds for t in runs[name]])
+        baseline = "default@short" if name.endswith("@short") else "default"
+        base_seconds = _median([t.seconds for t in runs[baseline]])
+        cpu, base_cpu = (_median([t.cpu_seconds for t in runs[k]]) for k in (name, baseline))
+        scores = runs[name][0].scores
+        out[name] = {
+            "pairs": table.num_rows,
+            "seconds_median": seconds,
+            "pairs_per_s": table.num_rows / seconds,
+            "speedup_vs_default": base_seconds / seconds,
+            "cpu_seconds_rounds": [t.cpu_seconds for t in runs[name]],
+            "cpu_speedup_vs_default": base_cpu / cpu,
+            "max_abs_diff_vs_predict": float(
+                max(np.nanmax(np.abs(t.scores - references[key])) for t in runs[name])
+            ),
+            "ties": _ties(scores, table.column(c.QUERY_ID).to_pylist()),
+            "mean_tokens_per_pair": runs[name][0].extra["real_tokens"] / table.num_rows,
+        }
+    return out

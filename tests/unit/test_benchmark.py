@@ -1,0 +1,126 @@
+"""The benchmark's pairs, arithmetic and report, on the tiny model with few pairs (no Ray, nothing timed:
+the pipeline method is replaced by the same worker called in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jobs.benchmark import summary
+from pipelines import bench_methods
+from pipelines.bench_data import LengthSpec, fit_documents_to_tokens, skewed_pairs, text_pairs
+from pipelines.bench_models import MODEL_CONFIGS, flops_per_pair, peak_tflops
+from pipelines.bench_sweep import parse_sweep
+from pipelines.benchmark import METHODS, BenchConfig, run_benchmark
+from schemas import columns as c
+
+
+def test_pairs_have_many_short_documents_and_a_long_tail():
+    table = skewed_pairs(2000, per_query=16, seed=3)
+    words = np.array([len(t.split()) for t in table.column("candidate_text").to_pylist()])
+    median = np.median(words)
+    assert 15 <= median <= 25  # LengthSpec.median_words = 20
+    assert np.percentile(words, 90) > 2.5 * median and words.max() > 8 * median  # the tail
+    assert np.mean(words < 2 * median) > 0.7  # most are short
+    assert words.min() >= LengthSpec.min_words and words.max() <= LengthSpec.max_words
+    ids = table.column(c.QUERY_ID).to_pylist()
+    assert ids == sorted(ids) and len(set(ids)) == 125  # clustered by query, 16 each
+    assert len(set(table.column(c.CANDIDATE_ID).to_pylist())) == 2000
+    assert skewed_pairs(50, seed=3).equals(skewed_pairs(50, seed=3))
+
+
+def test_fixed_length_pairs_hit_the_token_target(qwen3_causal):
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(qwen3_causal))
+    table = fit_documents_to_tokens(skewed_pairs(12, per_query=4), model, pair_tokens=160)
+    lengths = model.preprocess(text_pairs(table))["attention_mask"].sum(dim=1).numpy()
+    assert np.all(np.abs(lengths - 160) <= 3), lengths
+
+
+def test_flops_match_the_qwen3_reranker_roofline():
+    """Qwen3-Reranker-0.6B: 0.94 GFLOP/token at 512 tokens, 0.481 TFLOP per pair, plus a 151,669-way head
+    at the last position (docs/research performance notes, section 1.3)."""
+    from transformers import Qwen3Config
+
+    fields = {k: v for k, v in MODEL_CONFIGS["qwen3-0.6b"].items() if k != "model_type"}
+    config = Qwen3Config(**fields)
+    body = flops_per_pair(config, 512, score_path="hidden")
+    assert body == pytest.approx(0.481e12, rel=0.01)
+    assert flops_per_pair(config, 512) - body == pytest.approx(2 * 1024 * (151669 - 1))
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert peak_tflops("Some Future GPU", "bfloat16") is None
+
+
+def test_sweep_names_are_checked():
+    assert parse_sweep("batch-tokens=1024,4096") == ("batch_tokens", [1024, 4096])
+    assert parse_sweep("min_fill=0,0.9") == ("min_fill", [0.0, 0.9])
+    with pytest.raises(ValueError, match="one of batch_tokens, min_fill, block_rows, actors"):
+        parse_sweep("threads=1,2")
+
+
+def _in_process_pipeline(rcfg, work, pairs_dir, output):
+    """Stands in for the Ray pipeline: the same worker, called in-process on the whole set."""
+    import pyarrow.parquet as pq
+
+    from actors.reranker import RerankWorker
+
+    timed = bench_methods.worker_variant(RerankWorker(rcfg.spec()), pq.read_table(pairs_dir))
+    timed.extra = {"wall_s": 2.0, "startup_s": 1.0, "excl_startup_s": 1.0, "scoring_span_s": timed.seconds}
+    return timed
+
+
+def test_report_has_the_figures_and_scores_equal_predict(qwen3_causal, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_methods, "pipeline", _in_process_pipeline)
+    cfg = BenchConfig(
+        model=str(qwen3_causal),
+        pairs=24,
+        per_query=6,
+        rounds=1,
+        fast_path_pairs=12,
+        batch_tokens=1024,
+        device="cpu",
+        work_dir=str(tmp_path),
+    )
+    report = json.loads(json.dumps(run_benchmark(cfg), default=str))
+
+    assert {
+        "machine",
+        "versions",
+        "settings",
+        "workload",
+        "methods",
+        "ratios",
+        "cpu_targets",
+        "fast_paths",
+    } <= set(report)
+    assert report["machine"]["device"] == "cpu" and report["versions"]["sentence-transformers"] == "6.2.0"
+    assert report["settings"]["batch_tokens"] == 1024 and report["workload"]["pairs"] == 24
+    for name in METHODS:
+        m = report["methods"][name]
+        assert m["pairs_per_s"] > 0 and m["real_tokens_per_s"] > 0 and 0 < m["padding_efficiency"] <= 1
+        assert m["max_abs_diff_vs_predict"] <= 1e-5 and m["unscored"] == 0
+    pipe = report["methods"]["pipeline"]
+    assert {"pairs_per_s_steady", "pairs_per_s_excl_startup", "pairs_per_s_incl_startup"} <= set(pipe)
+    assert set(report["ratios"]) == {
+        "pipeline_vs_rank_loop",
+        "pipeline_vs_predict",
+        "pipeline_vs_bare_forward",
+    }
+    assert set(report["cpu_targets"]) == {
+        "padding_efficiency",
+        "pipeline_vs_bare_forward",
+        "pipeline_vs_rank_loop",
+    }
+    assert {"default", "hidden", "prefix_reuse", "default@short", "prefix_reuse@short"} <= set(
+        report["fast_paths"]
+    )
+    for name, f in report["fast_paths"].items():
+        assert f["max_abs_diff_vs_predict"] <= 1e-5, name
+    short, full = report["fast_paths"]["default@short"], report["fast_paths"]["default"]
+    assert short["mean_tokens_per_pair"] < full["mean_tokens_per_pair"]
+    text = summary(report)
+    assert "ratios (steady, medians): rank_loop" in text and "CPU targets:" in text
