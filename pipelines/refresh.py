@@ -201,6 +201,8 @@ class _Night:
         cfg, layout = self.cfg, self.layout
         docs = self.stage("embed_corpus", lambda: self.embed("document", embed_worker_cls))
         queries = self.stage("embed_queries", lambda: self.embed("query", embed_worker_cls))
+        if docs["rows"] == docs["failed"]:
+            raise InputError(f"no document could be embedded (see {layout.embed_errors('document')})")
         retrieval = self.stage("retrieve", self.retrieve)
         if retrieval["candidates"] == 0:
             raise InputError(

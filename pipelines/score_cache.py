@@ -101,15 +101,21 @@ class ScoreCache:
         rows = ray.data.read_parquet(scored, filesystem=fs).select_columns(
             [n for n in wanted if n in present]
         )
-        io.remove(self.shard)
-        entries = rows.map_batches(_new_entries, fn_kwargs={"run_id": self.run_id}, batch_format="pyarrow")
-        partitions = partitions_for(self.pairs, self.rows_per_partition)
-        entries = co_partition(entries, None, key=[c.CACHE_KEY], num_partitions=partitions, fn=_first_per_key)
-        entries.write_parquet(self.shard, filesystem=io.pyarrow_filesystem(self.shard))
         stats = rows.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).sum(
             ["cache_hits", "scored"]
         )
-        return {"cache_hits": int(stats["sum(cache_hits)"] or 0), "scored": int(stats["sum(scored)"] or 0)}
+        counts = {"cache_hits": int(stats["sum(cache_hits)"] or 0), "scored": int(stats["sum(scored)"] or 0)}
+        io.remove(self.shard)
+        if counts["scored"]:  # a night answered wholly from the cache adds no shard (and no empty shuffle)
+            entries = rows.map_batches(
+                _new_entries, fn_kwargs={"run_id": self.run_id}, batch_format="pyarrow"
+            )
+            partitions = partitions_for(counts["scored"], self.rows_per_partition)
+            entries = co_partition(
+                entries, None, key=[c.CACHE_KEY], num_partitions=partitions, fn=_first_per_key
+            )
+            entries.write_parquet(self.shard, filesystem=io.pyarrow_filesystem(self.shard))
+        return counts
 
 
 def add_cache_keys(table: pa.Table, reranker: str, revision: str | None, prompt: str | None) -> pa.Table:
