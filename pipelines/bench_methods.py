@@ -10,6 +10,7 @@ Each returns a `Timed`: wall seconds, the scores (for parity), and what was padd
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -165,18 +166,15 @@ class TimedRerankWorker(RerankWorker):
         super().__init__(spec)
         self.score_batch([("warm-up query", "warm-up document")])
         self._clock = ray.get_actor(CLOCK_NAME, namespace=CLOCK_NAMESPACE)
-        ray.get(self._clock.record.remote("ready", started, time.time(), 0, 0.0))
+        ray.get(self._clock.record.remote("ready", started, time.time(), 0, 0.0, os.nice(0)))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import ray
 
         started, cpu = time.time(), time.process_time()
         out = super().__call__(table)
-        ray.get(
-            self._clock.record.remote(
-                "block", started, time.time(), table.num_rows, time.process_time() - cpu
-            )
-        )
+        ended, cpu = time.time(), time.process_time() - cpu
+        ray.get(self._clock.record.remote("block", started, ended, table.num_rows, cpu, os.nice(0)))
         return out
 
 
@@ -188,8 +186,8 @@ def _clock():
         def __init__(self):
             self.events: list = []
 
-        def record(self, kind: str, start: float, end: float, rows: int, cpu: float) -> None:
-            self.events.append((kind, start, end, rows, cpu))
+        def record(self, kind: str, start: float, end: float, rows: int, cpu: float, nice: int) -> None:
+            self.events.append((kind, start, end, rows, cpu, nice))
 
         def drain(self) -> list:
             events, self.events = self.events, []
@@ -230,6 +228,7 @@ def pipeline(cfg, work: Workload, pairs_dir: str, output: str) -> Timed:
         "excl_startup_s": ended - first_ready,
         "scoring_span_s": span,
         "actors_ready": len(ready),
+        "actor_niceness": sorted({e[5] for e in ready}),
         "blocks": len(blocks),
         "manifest_padding_efficiency": manifest["tokens"]["padding_efficiency"],
     }

@@ -272,6 +272,10 @@ def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: di
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "driver_niceness": os.nice(0),
+            "actor_niceness": sorted(
+                {n for t in runs["pipeline"] for n in t.extra.get("actor_niceness", [])}
+            ),
             "device": device,
             "gpu": gpu,
             "peak_tflops": peak,
