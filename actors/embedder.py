@@ -9,16 +9,17 @@ normalisation are exactly the library's. Embeddings are written back to the row 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from actors.model_source import check_model_reference, materialize
-from actors.reranker import resolve_device_and_dtype
+from actors.model_source import materialize
+from actors.model_spec import ModelSpec, resolve_device_and_dtype
 from actors.token_budget import pack_by_tokens
 from schemas import columns as c
+from schemas.settings import SettingError, setting
 
 Side = Literal["document", "query"]
 PREFIX = {"document": "doc", "query": "query"}  # content-column prefix of each side
@@ -26,38 +27,33 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # what encode_documen
 LENGTH_PROBE_ROWS = 256
 
 
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """What an actor needs to build its model. Small, picklable, validated on the driver."""
+@dataclass(frozen=True, kw_only=True)
+class EmbedderSpec(ModelSpec):
+    """What an embedding actor needs to build its SentenceTransformer. Small, picklable, validated on the
+    driver."""
 
-    model: str
-    batch_tokens: int = 16384
-    max_length: int | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str | None = None
-    torch_threads: int | None = None
-    query_prompt_name: str | None = None
-    query_prompt: str | None = None
-    document_prompt_name: str | None = None
-    document_prompt: str | None = None
-    normalize: bool = False
-    trust_remote_code: bool = False
-    revision: str | None = None
+    model: str = setting(help="SentenceTransformer: a saved directory, a hub id or an s3:// prefix")
+    query_prompt_name: str | None = setting(
+        None, help="prompt name for queries (default: the model's 'query' prompt, as encode_query)"
+    )
+    query_prompt: str | None = setting(None, help="literal prompt prepended to queries (instead of a name)")
+    document_prompt_name: str | None = setting(
+        None,
+        help="prompt name for documents (default: 'document', 'passage' or 'corpus', as encode_document)",
+    )
+    document_prompt: str | None = setting(None, help="literal prompt prepended to documents")
+    normalize: bool = setting(False, help="L2-normalise the embeddings")
 
     def validate(self) -> EmbedderSpec:
-        check_model_reference(self.model)
-        if self.batch_tokens < 1:
-            raise ValueError(f"embed batch_tokens must be a positive token count, got {self.batch_tokens}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"embed max_length must be >= 2 tokens, got {self.max_length}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        super().validate()
         for side in ("query", "document"):
             if (
                 getattr(self, f"{side}_prompt") is not None
                 and getattr(self, f"{side}_prompt_name") is not None
             ):
-                raise ValueError(f"give either a {side} prompt or a {side} prompt name, not both")
+                raise SettingError(
+                    f"{side}_prompt", f"give either a {side} prompt or a {side} prompt name, not both"
+                )
         return self
 
     def prompt_args(self, side: Side) -> dict[str, str | None]:
@@ -66,9 +62,6 @@ class EmbedderSpec:
             "prompt_name": getattr(self, f"{side}_prompt_name"),
             "prompt": getattr(self, f"{side}_prompt"),
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def load_sentence_transformer(spec: EmbedderSpec):
@@ -112,11 +105,11 @@ class EmbedWorker:
     (fixed_size_list<float32>), `__error` / `__stage` and `__tokens`.
     """
 
-    def __init__(self, spec: EmbedderSpec, side: Side):
+    def __init__(self, spec: EmbedderSpec, side: Side, torch_threads: int | None = None):
         import torch
 
-        if spec.torch_threads:
-            torch.set_num_threads(spec.torch_threads)
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         self.spec, self.side, self.prefix = spec, side, PREFIX[side]
         self.model = load_sentence_transformer(spec)
         self.model.eval()

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from actors.media_codec import AUDIO_SAMPLE_RATE, encode_payload, payload_array
 from schemas import columns as c
+from schemas.settings import SettingError, setting
 
 MEDIA_COLUMNS = [f"{side}_{m}" for side in ("query", "candidate") for m in c.MEDIA_MODALITIES]
 NEEDS = [c.ROW_ERROR, c.ROW_STAGE]
@@ -35,52 +36,58 @@ STAGE = "media"
 READ_CHUNK = 1 << 20
 
 
-FLAGS = {  # MediaSpec field -> the `jobs.rerank` flag that sets it, for error messages
-    "timeout_s": "--media-timeout",
-    "max_bytes": "--max-media-bytes",
-    "max_image_pixels": "--max-image-pixels",
-    "max_audio_seconds": "--max-audio-seconds",
-    "max_video_frames": "--max-video-frames",
-    "max_video_seconds": "--max-video-seconds",
-    "audio_sample_rate": "audio_sample_rate",
-    "fetch_threads": "--media-fetch-threads",
-}
-
-
 class MediaError(Exception):
     """A reference that cannot be used; the message is the reason written to errors/."""
 
 
 @dataclass(frozen=True)
 class MediaSpec:
-    """Fetch and decode limits of the media stage. Small, picklable, validated on the driver."""
+    """Fetch and decode limits of the media stage. Small, picklable, validated on the driver.
 
-    timeout_s: float = 30.0  # deadline for fetching one reference (connect + transfer)
-    max_bytes: int = 64_000_000  # a reference larger than this is not fetched
-    max_image_pixels: int = 50_000_000  # width x height of an image, and of each video frame
-    max_audio_seconds: float = 600.0  # longer audio is an error, not silently truncated
-    max_video_frames: int = 256  # a video with more frames is an error (all frames are decoded)
-    max_video_seconds: float = 600.0  # a longer video is an error
-    allowed_schemes: tuple[str, ...] = ("file", "s3", "http", "https")  # "file" = local paths and file://
-    audio_sample_rate: int = AUDIO_SAMPLE_RATE  # audio is resampled to this rate, mono
-    fetch_threads: int = 16  # references fetched concurrently per block
-    s3_endpoint_url: str | None = None  # S3-compatible endpoint; None: AWS_ENDPOINT_URL(_S3) or AWS
+    query_/candidate_ image, audio and video columns hold references (a local path, file://, s3://,
+    http(s)://). CPU tasks fetch each distinct reference once per block and decode it; a reference that
+    fails any check becomes one row in errors/ and the rest is scored."""
+
+    timeout_s: float = setting(
+        30.0, flag="media-timeout", help="seconds allowed to fetch one reference, connect to last byte"
+    )
+    max_bytes: int = setting(64_000_000, flag="max-media-bytes", help="largest reference fetched, in bytes")
+    max_image_pixels: int = setting(
+        50_000_000, help="largest image, and video frame, in width x height pixels"
+    )
+    max_audio_seconds: float = setting(600.0, help="longest audio clip, in seconds (longer is an error)")
+    max_video_frames: int = setting(256, help="most frames in a video; every frame is decoded")
+    max_video_seconds: float = setting(600.0, help="longest video, in seconds")
+    allowed_schemes: tuple[str, ...] = setting(
+        ("file", "s3", "http", "https"),
+        help="comma-separated reference schemes that may be fetched; 'file' covers local paths and file://",
+    )
+    audio_sample_rate: int = setting(AUDIO_SAMPLE_RATE, help="audio is resampled to this rate (Hz), mono")
+    fetch_threads: int = setting(
+        16, flag="media-fetch-threads", help="references fetched concurrently per block"
+    )
+    s3_endpoint_url: str | None = setting(
+        None,
+        help="S3-compatible endpoint for s3:// media, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL_S3 "
+        "or AWS_ENDPOINT_URL of the workers' environment, else AWS)",
+    )
 
     def validate(self) -> MediaSpec:
-        for name, flag in FLAGS.items():
+        for name in (f.name for f in fields(self)):
             value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{flag} must be > 0, got {value!r}")
+            if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
+                raise SettingError(name, f"must be > 0, got {value!r}")
         if not self.allowed_schemes:
-            raise ValueError("--allowed-schemes is empty; allow at least one of file, s3, http, https")
+            raise SettingError("allowed_schemes", "is empty; allow at least one of file, s3, http, https")
         import fsspec
 
         known = set(fsspec.available_protocols()) | {"file", "http", "https"}
         for scheme in self.allowed_schemes:
             if scheme != scheme.lower() or scheme not in known:
-                raise ValueError(
-                    f"--allowed-schemes: {scheme!r} is not a known scheme; expected lower-case fsspec "
-                    "protocols such as file, s3, http, https (gs, az with their fsspec packages installed)"
+                raise SettingError(
+                    "allowed_schemes",
+                    f"{scheme!r} is not a known scheme; expected lower-case fsspec protocols such as "
+                    "file, s3, http, https (gs, az with their fsspec packages installed)",
                 )
         return self
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from actors.fast_paths import SCORE_PATHS, PrefixReuse, ScorePath, apply_fast_paths, finish_scores
-from actors.model_source import check_model_reference, materialize
+from actors.model_source import materialize
+from actors.model_spec import ModelSpec, resolve_device_and_dtype
 from actors.pair_inputs import build_pairs
 from actors.token_budget import MicroBatch, pack_by_groups, pack_by_tokens
 from schemas import columns as c
+from schemas.settings import one_of, setting
 
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 LENGTH_PROBE_ROWS = 256
 BASELINE_BATCH_ROWS = 32  # CrossEncoder.predict's default batch size, for the padding baseline
 # A row joins a micro-batch only if it is >= 90% as long as the batch's longest: on skewed lengths this
@@ -31,48 +31,44 @@ BASELINE_BATCH_ROWS = 32  # CrossEncoder.predict's default batch size, for the p
 PACK_MIN_FILL = 0.9
 
 
-@dataclass(frozen=True)
-class RerankerSpec:
-    """What an actor needs to build its model. Small, picklable, validated on the driver."""
+@dataclass(frozen=True, kw_only=True)
+class RerankerSpec(ModelSpec):
+    """What a scoring actor needs to build its CrossEncoder. Small, picklable, validated on the driver."""
 
-    model: str
-    prompt: str | None = None
-    max_length: int | None = None
-    batch_tokens: int = 16384
-    dtype: Dtype = "auto"
-    device: str | None = None
-    torch_threads: int | None = None
-    trust_remote_code: bool = False
-    revision: str | None = None
-    score_path: ScorePath = "logit"  # "hidden": Transformer(feature-extraction) + Pooling + Dense, no LM head
-    fp32_head: bool = False  # compute the score head in fp32 under bf16/fp16 weights (no bf16 ties)
-    prefix_reuse: bool = False  # run a query's shared instruction+query prefix once per micro-batch
-    attn_implementation: str | None = None  # e.g. "flash_attention_2" (unpads the hidden path on GPU)
+    model: str = setting(
+        help="a sentence-transformers CrossEncoder directory, a plain causal-LM directory (scored as "
+        "Transformer + LogitScore on 'yes'/'no'), a multimodal LM directory, a hub id, or an s3:// prefix"
+    )
+    prompt: str | None = setting(
+        None, help="instruction passed as the prompt (default: the model's default prompt)"
+    )
+    score_path: ScorePath = setting(
+        "logit",
+        help="exact speed-up. logit: Transformer(text-generation) + LogitScore, as saved; hidden: the same "
+        "weights as Transformer(feature-extraction) + Pooling(lasttoken) + Dense(lm_head[true] - "
+        "lm_head[false]), which skips the LM head and, with flash_attention_2 on GPU, runs unpadded",
+    )
+    fp32_head: bool = setting(
+        False,
+        help="exact speed-up: compute the score head in fp32 under bf16/fp16 weights, so low precision "
+        "does not round nearby scores into ties",
+    )
+    prefix_reuse: bool = setting(
+        False,
+        help="exact speed-up: run a query's shared instruction+query tokens once and its documents against "
+        "their cached keys/values (causal text rerankers; pays on short documents)",
+    )
+    attn_implementation: str | None = setting(
+        None,
+        help="transformers attention kernel, e.g. sdpa, eager, flash_attention_2 (default: the library's)",
+    )
+
+    min_length = 8  # tokens: the chat template alone takes a few
 
     def validate(self) -> RerankerSpec:
-        check_model_reference(self.model)
-        if self.batch_tokens < 1:
-            raise ValueError(f"batch_tokens must be a positive token count, got {self.batch_tokens}")
-        if self.max_length is not None and self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
-        if self.score_path not in SCORE_PATHS:
-            raise ValueError(f"score_path {self.score_path!r} is not one of {', '.join(SCORE_PATHS)}")
+        super().validate()
+        one_of(self, "score_path", SCORE_PATHS)
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def resolve_device_and_dtype(spec: RerankerSpec):
-    import torch
-
-    device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = spec.dtype
-    if name == "auto":
-        name = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, getattr(torch, name)
 
 
 def load_cross_encoder(spec: RerankerSpec):
@@ -133,11 +129,11 @@ def _is_multimodal_lm_without_modules(path: str) -> bool:
 class RerankWorker:
     """Ray Data callable class: one CrossEncoder per actor, `__call__(pa.Table) -> pa.Table`."""
 
-    def __init__(self, spec: RerankerSpec):
+    def __init__(self, spec: RerankerSpec, torch_threads: int | None = None):
         import torch
 
-        if spec.torch_threads:
-            torch.set_num_threads(spec.torch_threads)
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         self.spec = spec
         self.model = apply_fast_paths(load_cross_encoder(spec), spec.score_path, spec.fp32_head)
         self.model.eval()

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 
-from jobs.ray_session import connect
+from jobs.cli import SettingsParser, run_job
 from pipelines.evaluate import (
     DEFAULT_KS,
     METRICS_FILE,
@@ -26,6 +26,7 @@ from pipelines.evaluate import (
     run_evaluation,
 )
 from pipelines.evaluate_report import PLOT_FILE, REPORT_FILE
+from schemas.settings import setting
 
 RUN_HELP = (
     "a run as NAME=DIR, repeatable; the first is the baseline. DIR is a run root holding ranked/ (ordered "
@@ -42,38 +43,6 @@ metrics: nDCG@k, MRR@k, Recall@k, P@k and MAP exactly as trec_eval computes them
 >= 1; ties in score ordered by doc id descending; means over the queries in both the run and the qrels)."""
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Configuration of one evaluation job; every field is one CLI flag."""
-
-    qrels: str = field(
-        metadata={
-            "help": "relevance judgements: Parquet (query_id, doc_id, relevance) "
-            "file/dir or TREC qrels text; local path or s3://"
-        }
-    )
-    runs: tuple[str, ...] = field(metadata={"flag": "--run", "help": RUN_HELP})
-    output: str = field(
-        metadata={
-            "help": "folder for metrics.json, report.md, metrics.png and <name>.trec; local path or s3://"
-        }
-    )
-    ks: tuple[int, ...] = field(
-        default=DEFAULT_KS,
-        metadata={
-            "flag": "--k",
-            "help": "comma-separated cutoffs for nDCG@k, MRR@k, Recall@k and P@k (default: 1,3,5,10,100)",
-        },
-    )
-    ray_address: str | None = field(
-        default=None,
-        metadata={
-            "help": "Ray cluster address; default: RAY_ADDRESS (set by `ray job submit`) or a new "
-            "local instance"
-        },
-    )
-
-
 def _parse_ks(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(part) for part in text.split(","))
@@ -86,69 +55,79 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per EvaluateConfig field, with the field's help."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.evaluate",
-        description="Score ranked runs against relevance judgements with trec_eval semantics, compare\n"
-        "them with the first run (paired t-test and randomization test) and write a report.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """Configuration of one evaluation job; every field is one CLI flag."""
+
+    qrels: str = setting(
+        help="relevance judgements: Parquet (query_id, doc_id, relevance) file/dir or TREC qrels text; "
+        "local path or s3://"
     )
-    for f in fields(EvaluateConfig):
-        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-        kwargs: dict = {"dest": f.name, "help": f.metadata["help"]}
-        if f.name == "runs":
-            kwargs.update(action="append", required=True, metavar="NAME=DIR")
-        elif f.name == "ks":
-            kwargs.update(type=_parse_ks, default=f.default, metavar="K,K,...")
-        elif f.default is MISSING:
-            kwargs.update(required=True)
-        else:
-            kwargs.update(default=f.default)
-        parser.add_argument(flag, **kwargs)
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> EvaluateConfig:
-    args = build_parser().parse_args(argv)
-    return EvaluateConfig(
-        qrels=args.qrels,
-        runs=tuple(args.runs),
-        output=args.output,
-        ks=tuple(args.ks),
-        ray_address=args.ray_address,
+    runs: tuple[str, ...] = setting(flag="run", action="append", metavar="NAME=DIR", help=RUN_HELP)
+    output: str = setting(
+        help="folder for metrics.json, report.md, metrics.png and <name>.trec; local path or s3://"
+    )
+    ks: tuple[int, ...] = setting(
+        DEFAULT_KS,
+        flag="k",
+        parse=_parse_ks,
+        metavar="K,K,...",
+        help="comma-separated cutoffs for nDCG@k, MRR@k, Recall@k and P@k",
     )
 
+    def validate(self) -> EvaluateConfig:
+        return self
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
-    try:
+    def named_runs(self) -> dict[str, str]:
+        """`NAME=DIR` specs as {name: location}, in order; a name used twice is an error."""
         runs: dict[str, str] = {}
-        for spec in config.runs:
+        for spec in self.runs:
             name, location = parse_run_spec(spec)
             if name in runs:
                 raise RunInputError(f"--run {spec!r}: the name {name!r} is used twice; give each run its own")
             runs[name] = location
-        plan = prepare_evaluation(config.qrels, runs, config.ks)
-        check_output(config.output)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    connect(config.ray_address)
-    try:
-        metrics = run_evaluation(plan, config.output)
-    except RunInputError as exc:  # bad rows only visible while scanning the run (duplicates, nulls, NaN)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    out = config.output.rstrip("/")
-    print(format_summary(metrics))
-    print(f"metrics: {out}/{METRICS_FILE}")
-    print(f"report:  {out}/{REPORT_FILE}")
-    print(f"plot:    {out}/{PLOT_FILE}")
+        return runs
+
+
+def build_parser() -> SettingsParser:
+    """One flag per EvaluateConfig field, with the field's help."""
+    return SettingsParser(
+        EvaluateConfig,
+        prog="python -m jobs.evaluate",
+        description="Score ranked runs against relevance judgements with trec_eval semantics, compare\n"
+        "them with the first run (paired t-test and randomization test) and write a report.",
+        epilog=_EPILOG,
+    )
+
+
+def parse_config(argv: list[str] | None = None) -> EvaluateConfig:
+    parser = build_parser()
+    return parser.config(parser.parse_args(argv))
+
+
+def _check(cfg: EvaluateConfig):
+    plan = prepare_evaluation(cfg.qrels, cfg.named_runs(), cfg.ks)
+    check_output(cfg.output)
+    return plan
+
+
+def run(cfg: EvaluateConfig, plan) -> str:
+    metrics = run_evaluation(plan, cfg.output)
+    out = cfg.output.rstrip("/")
     trec = [f"{out}/{r['trec_file']}" for r in metrics["runs"].values() if r["trec_file"]]
-    print(f"TREC run files: {', '.join(trec)}")
-    return 0
+    return "\n".join(
+        [
+            format_summary(metrics),
+            f"metrics: {out}/{METRICS_FILE}",
+            f"report:  {out}/{REPORT_FILE}",
+            f"plot:    {out}/{PLOT_FILE}",
+            f"TREC run files: {', '.join(trec)}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(build_parser(), argv, run, _check)
 
 
 if __name__ == "__main__":

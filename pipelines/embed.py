@@ -11,14 +11,13 @@ previous night's files are only read, and deleting an old run never breaks a new
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from actors.embedder import PREFIX, EmbedderSpec, EmbedWorker, Side
+from actors.pool import PoolSpec
 from pipelines import io
 from pipelines.content_hash import content_hashes
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
@@ -28,21 +27,6 @@ from schemas import columns as c
 from schemas.tables import ERRORS_SCHEMA, normalize_to
 
 ID = {"document": c.DOC_ID, "query": c.QUERY_ID}
-
-
-@dataclass(frozen=True)
-class PoolOptions:
-    """Actor-pool shape of a model stage."""
-
-    actors: int = 1  # model replicas
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
-    cpus_per_actor: float = 1.0
-    block_rows: int = 1024  # rows per actor call; they are length-sorted and packed together
-
-    def num_gpus(self) -> float:
-        if self.gpus_per_actor is not None:
-            return self.gpus_per_actor
-        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def model_tag(model: str, revision: str | None = None) -> str:
@@ -186,7 +170,7 @@ def embed_side(
     *,
     side: Side,
     spec: EmbedderSpec,
-    pool: PoolOptions,
+    pool: PoolSpec,
     output: str,
     run_id: str,
     rows: int,
@@ -228,7 +212,7 @@ def embed_side(
         )
     ds = ds.map_batches(
         worker_cls,
-        fn_constructor_kwargs={"spec": spec, "side": side},
+        fn_constructor_kwargs={"spec": spec, "side": side, "torch_threads": pool.torch_threads},
         batch_size=pool.block_rows,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pool.actors),

@@ -49,6 +49,7 @@ from pipelines.metrics import (
 )
 from schemas.columns import CANDIDATE_ID, QUERY_ID, RETRIEVAL_SCORE, SCORE
 from schemas.qrels import Qrels, qrels_stats, read_qrels, resolve_filesystem
+from schemas.tables import InputError
 
 RunKind = Literal["ranked", "candidates"]
 RUN_KINDS: tuple[RunKind, ...] = ("ranked", "candidates")
@@ -66,7 +67,7 @@ _TREC_BAD_ID = "__trec_bad_id"
 _JUDGED = "__judged"
 
 
-class RunInputError(ValueError):
+class RunInputError(InputError):
     """A run that cannot be evaluated; the message is one line naming the run, path or column."""
 
 

@@ -14,115 +14,86 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from actors.embedder import EmbedderSpec, EmbedWorker, Side
 from actors.media_loader import MediaSpec
-from actors.reranker import RerankWorker
+from actors.pool import PoolSpec
+from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import embed, io
-from pipelines.embed import PoolOptions
 from pipelines.publish import RunLayout, finished, mark_finished, publish_latest, read_latest
-from pipelines.rerank import RerankConfig, media_columns_with_values, run_rerank
+from pipelines.rerank import (
+    OutputLayout,
+    RerankConfig,
+    check_run_id,
+    media_columns_with_values,
+    run_rerank,
+)
 from pipelines.retrieve import METRICS, Metric, retrieve
 from pipelines.run_info import library_versions, model_fingerprint
 from pipelines.score_cache import ScoreCache
 from schemas import columns as c
+from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
 from schemas.tables import InputError, check_corpus_schema, check_queries_schema
 
 RERANK_MANIFEST = "_rerank_manifest.json"
 EVAL_KS = [1, 3, 5, 10]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RefreshConfig:
-    """Everything one nightly refresh needs; the flags of `jobs.refresh` map onto it one to one."""
+    """Everything one nightly refresh needs. `jobs.refresh` generates one flag per field: the embedder and
+    its pool under `--embed-*`, the reranker and its pool under `--rerank-*` (every setting `jobs.rerank`
+    has), the media limits as in `jobs.rerank`."""
 
-    corpus: str  # corpus Parquet: doc_id + doc_text/_image/_audio/_video
-    queries: str  # queries Parquet: query_id + query_text/_image/_audio/_video
-    embedder: str  # SentenceTransformer: directory, hub id or s3:// prefix
-    reranker: str  # CrossEncoder (or causal / multimodal LM directory), as `jobs.rerank --model`
-    output_root: str  # ROOT: runs/<run_id>/, LATEST, score_cache/
-    retrieve_k: int = 100  # candidates retrieved per query
-    top_k: int | None = None  # keep only the best K reranked candidates per query
-    run_id: str | None = None  # re-running a run id resumes it
-    qrels: str | None = None  # relevance judgements: evaluate retrieval and reranking into runs/<id>/eval
-    metric: Metric = "cosine"  # retrieval similarity: cosine, or dot for already-normalised models
-    query_prompt_name: str | None = None  # embedder prompt name for queries (default: the model's "query")
-    query_prompt: str | None = None  # literal query prompt (instead of a name)
-    document_prompt_name: str | None = None  # embedder prompt name for documents (default: document/passage)
-    document_prompt: str | None = None  # literal document prompt
-    normalize_embeddings: bool = False  # L2-normalise stored embeddings
-    embed_batch_tokens: int = 16384  # token budget of one embedding micro-batch (padded tokens)
-    embed_max_length: int | None = None  # truncate embedder inputs to N tokens
-    embed_block_rows: int = 1024  # rows per embedding actor call
-    embed_actors: int = 1  # embedding actors (one model replica each)
-    retrieve_block_rows: int = 65536  # corpus rows scored against all queries in one task
-    rerank_prompt: str | None = None  # reranker prompt (default: the model's)
-    rerank_max_length: int | None = None  # truncate pairs to N tokens
-    rerank_batch_tokens: int = 16384  # token budget of one reranker micro-batch
-    rerank_block_rows: int = 2048  # rows per reranker actor call
-    rerank_actors: int = 1  # reranker actors
-    gpus_per_actor: float | None = None  # GPUs per model actor (default: 1 when the cluster has GPUs)
-    cpus_per_actor: float = 1.0  # CPUs reserved per model actor
-    torch_threads: int | None = None  # torch intra-op threads per actor (CPU runs)
-    dtype: str = "auto"  # model weights dtype: auto, float32, bfloat16, float16
-    rows_per_partition: int = 50000  # rows per shuffle partition (joins, merges)
-    media: MediaSpec = field(default_factory=MediaSpec)  # fetch/decode limits for media documents and pairs
+    corpus: str = setting(
+        help="corpus Parquet (doc_id + doc_text/_image/_audio/_video): a file, a directory of shards or a "
+        "glob; local or s3://"
+    )
+    queries: str = setting(help="queries Parquet (query_id + query_text/_image/_audio/_video)")
+    output: str = setting(help="ROOT (local or s3://): runs/<run_id>/, LATEST, score_cache/")
+    embedder: EmbedderSpec = setting(prefix="embed-", help="embedding")
+    embed_pool: PoolSpec = setting(default_factory=PoolSpec, prefix="embed-", help="embedding actor pool")
+    reranker: RerankerSpec = setting(prefix="rerank-", help="reranking")
+    rerank_pool: PoolSpec = setting(default_factory=PoolSpec, prefix="rerank-", help="reranking actor pool")
+    media: MediaSpec = setting(
+        default_factory=MediaSpec, help="media (fetch and decode limits, for documents and pairs)"
+    )
+    retrieve_k: int = setting(100, help="candidates retrieved per query")
+    metric: Metric = setting("cosine", help="retrieval similarity: cosine, or dot for normalised embeddings")
+    retrieve_block_rows: int = setting(65536, help="corpus rows scored against every query in one task")
+    top_k: int | None = setting(
+        None, help="keep only the best K reranked candidates per query (default: all)"
+    )
+    run_id: str | None = setting(
+        None, help="run id (default: a timestamp); re-running an id resumes it and never duplicates rows"
+    )
+    qrels: str | None = setting(
+        None,
+        help="relevance judgements (Parquet or TREC qrels): evaluate retrieval and reranking into "
+        "runs/<run_id>/eval/",
+    )
+    rows_per_partition: int = setting(50000, help="rows per shuffle partition of the joins and merges")
 
     def validate(self) -> RefreshConfig:
-        for name in (
-            "retrieve_k",
-            "embed_block_rows",
-            "embed_actors",
-            "retrieve_block_rows",
-            "rows_per_partition",
-        ):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.metric not in METRICS:
-            raise InputError(f"--metric {self.metric!r} is not one of {list(METRICS)}")
-        if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id.startswith(".")):
-            raise InputError(f"--run-id {self.run_id!r}: use a plain name (no '/', not starting with '.')")
+        at_least(self, 1, "retrieve_k", "retrieve_block_rows", "rows_per_partition", "top_k")
+        one_of(self, "metric", METRICS)
+        check_run_id(self.run_id)
         if self.qrels is not None and not io.exists(self.qrels):
-            raise InputError(f"--qrels {self.qrels}: no such file")
-        self.embedder_spec().validate()
-        self.rerank_config("unused", "unused").validate()
+            raise SettingError("qrels", f"{self.qrels}: no such file")
+        validate_nested(self)
         return self
 
-    def embedder_spec(self) -> EmbedderSpec:
-        return EmbedderSpec(
-            model=self.embedder,
-            batch_tokens=self.embed_batch_tokens,
-            max_length=self.embed_max_length,
-            dtype=self.dtype,
-            torch_threads=self.torch_threads,
-            query_prompt_name=self.query_prompt_name,
-            query_prompt=self.query_prompt,
-            document_prompt_name=self.document_prompt_name,
-            document_prompt=self.document_prompt,
-            normalize=self.normalize_embeddings,
-        )
-
-    def embed_pool(self) -> PoolOptions:
-        return PoolOptions(self.embed_actors, self.gpus_per_actor, self.cpus_per_actor, self.embed_block_rows)
-
     def rerank_config(self, pairs: str, output: str, run_id: str | None = None) -> RerankConfig:
+        """The rerank stage of this night: this config's reranker, pool and media limits over `pairs`."""
         return RerankConfig(
             pairs=pairs,
-            model=self.reranker,
             output=output,
-            top_k=self.top_k,
-            prompt=self.rerank_prompt,
-            max_length=self.rerank_max_length,
-            batch_tokens=self.rerank_batch_tokens,
-            block_rows=self.rerank_block_rows,
-            actors=self.rerank_actors,
-            gpus_per_actor=self.gpus_per_actor,
-            cpus_per_actor=self.cpus_per_actor,
-            torch_threads=self.torch_threads,
-            dtype=self.dtype,
-            run_id=run_id,
+            reranker=self.reranker,
+            pool=self.rerank_pool,
             media=self.media,
+            top_k=self.top_k,
+            run_id=run_id,
         )
 
     def key(self) -> str:
@@ -166,12 +137,12 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     """Run (or resume) one nightly refresh and publish it. Returns the manifest. Assumes `ray.init`."""
     cfg.validate()
     inputs = check_inputs(cfg)
-    layout = RunLayout(cfg.output_root, cfg.run_id or new_run_id())
+    layout = RunLayout(cfg.output, cfg.run_id or new_run_id())
     if io.exists(layout.manifest):
         manifest = io.read_json(layout.manifest)
         _finish_publishing(layout, manifest)
         return {**manifest, "resumed": "already complete"}
-    night = _Night(cfg, inputs, layout, read_latest(cfg.output_root))
+    night = _Night(cfg, inputs, layout, read_latest(cfg.output))
     return night.run(embed_worker_cls, rerank_worker_cls)
 
 
@@ -210,22 +181,23 @@ class _Night:
             )
         cache = ScoreCache(
             root=layout.score_cache,
-            reranker=cfg.reranker,
-            revision=model_fingerprint(cfg.reranker)["revision"],
-            prompt=cfg.rerank_prompt,
+            reranker=cfg.reranker.model,
+            revision=model_fingerprint(cfg.reranker.model)["revision"],
+            prompt=cfg.reranker.prompt,
             run_id=layout.run_id,
             pairs=retrieval["candidates"],
             rows_per_partition=cfg.rows_per_partition,
         )
         rerank = self.stage("rerank", lambda: self.rerank(cache, rerank_worker_cls))
-        cached = self.stage("score_cache", lambda: cache.append(io.join(layout.run_dir, "_scored")))
-        io.remove(io.join(layout.run_dir, "_scored"))
+        scored = OutputLayout(layout.run_dir).scored
+        cached = self.stage("score_cache", lambda: cache.append(scored))
+        io.remove(scored)
         io.remove(io.join(layout.run_dir, "_scored.json"))
         evaluation = self.stage("evaluate", self.evaluate) if cfg.qrels else None
         self.timings["total_s"] = round(time.perf_counter() - started, 3)
         manifest = self.manifest(docs, queries, retrieval, rerank, cached, evaluation)
         io.write_json(layout.manifest, manifest)
-        publish_latest(cfg.output_root, layout.run_id)
+        publish_latest(cfg.output, layout.run_id)
         return manifest
 
     def embed(self, side: Side, worker_cls) -> dict:
@@ -233,15 +205,15 @@ class _Night:
         prefix = "doc" if side == "document" else "query"
         previous = None
         if side == "document" and self.previous is not None:
-            candidate = RunLayout(self.cfg.output_root, self.previous).embeddings("document")
+            candidate = RunLayout(self.cfg.output, self.previous).embeddings("document")
             previous = candidate if io.exists(candidate) else None
         media_cols = [f"{prefix}_{m}" for m in c.MEDIA_MODALITIES]
         output = self.layout.embeddings(side)
         embed.embed_side(
             files,
             side=side,
-            spec=self.cfg.embedder_spec(),
-            pool=self.cfg.embed_pool(),
+            spec=self.cfg.embedder,
+            pool=self.cfg.embed_pool,
             output=output,
             run_id=self.layout.run_id,
             rows=self.inputs.docs if side == "document" else self.inputs.queries,
@@ -297,11 +269,11 @@ class _Night:
             "run_id": self.layout.run_id,
             "kind": "refresh",
             "previous_run": self.previous,
-            "root": cfg.output_root,
+            "root": cfg.output,
             "config": asdict(cfg),
             "input_files": {"corpus": self.inputs.corpus_files, "queries": self.inputs.query_files},
-            "embedder": {"id": cfg.embedder, **model_fingerprint(cfg.embedder)},
-            "reranker": {"id": cfg.reranker, **model_fingerprint(cfg.reranker)},
+            "embedder": {"id": cfg.embedder.model, **model_fingerprint(cfg.embedder.model)},
+            "reranker": {"id": cfg.reranker.model, **model_fingerprint(cfg.reranker.model)},
             "counts": {
                 "docs": docs["rows"],
                 "docs_embedded": docs["embedded"],

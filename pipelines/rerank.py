@@ -8,72 +8,50 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from actors.media_loader import MEDIA_COLUMNS, MediaSpec, resolve_media
+from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import io
 from pipelines.rank_per_query import rank_group
 from pipelines.run_info import library_versions, model_fingerprint
 from pipelines.validate_pairs import validate_pairs
 from schemas import columns as c
+from schemas.settings import SettingError, at_least, setting, validate_nested
 from schemas.tables import ERRORS_SCHEMA, InputError, check_pairs_schema
 
 
-@dataclass(frozen=True)
-class RerankConfig:
-    """Everything one rerank run needs; the CLI flags of `jobs.rerank` map onto it one to one."""
+def check_run_id(run_id: str | None) -> None:
+    """A run id names a folder: a plain name, no '/', not starting with '.'."""
+    if run_id is not None and (not run_id or "/" in run_id or run_id.startswith(".")):
+        raise SettingError("run_id", f"{run_id!r}: use a plain name (no '/', not starting with '.')")
 
-    pairs: str
-    model: str
-    output: str
-    top_k: int | None = None
-    prompt: str | None = None
-    max_length: int | None = None
-    batch_tokens: int = 16384
-    block_rows: int = 2048
-    actors: int = 1
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float = 1.0
-    torch_threads: int | None = None
-    dtype: str = "auto"
-    score_path: str = "logit"  # "hidden": FE Transformer + Pooling(lasttoken) + Dense, skips the LM head
-    fp32_head: bool = False  # score head in fp32 under bf16/fp16 weights, so precision creates no ties
-    prefix_reuse: bool = False  # run each query's shared instruction+query tokens once per micro-batch
-    attn_implementation: str | None = None  # transformers attention kernel, e.g. "flash_attention_2"
-    run_id: str | None = None
-    media: MediaSpec = field(default_factory=MediaSpec)  # fetch/decode limits of the media stage
+
+@dataclass(frozen=True, kw_only=True)
+class RerankConfig:
+    """Everything one rerank run needs. `jobs.rerank` generates one flag per field (nested specs
+    flattened); `jobs.refresh` holds the same specs under `--rerank-*`."""
+
+    pairs: str = setting(help="pairs Parquet: a file, a directory of shards or a glob; local or s3://")
+    output: str = setting(help="output directory (local or s3://): ranked/, errors/, manifest.json")
+    reranker: RerankerSpec = setting(help="reranker")
+    pool: PoolSpec = setting(default_factory=PoolSpec, help="scoring actor pool")
+    media: MediaSpec = setting(default_factory=MediaSpec, help="media (fetch and decode limits)")
+    top_k: int | None = setting(None, help="keep only the best K candidates per query (default: all)")
+    run_id: str | None = setting(
+        None, help="run id; re-running with the same id resumes and never duplicates rows"
+    )
 
     def validate(self) -> RerankConfig:
-        if self.top_k is not None and self.top_k < 1:
-            raise InputError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.actors < 1:
-            raise InputError(f"--actors must be >= 1, got {self.actors}")
-        if self.block_rows < 1:
-            raise InputError(f"--block-rows must be >= 1, got {self.block_rows}")
-        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
-            raise InputError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
-        self.spec().validate()
-        self.media.validate()
+        at_least(self, 1, "top_k")
+        check_run_id(self.run_id)
+        validate_nested(self)
         return self
-
-    def spec(self) -> RerankerSpec:
-        return RerankerSpec(
-            model=self.model,
-            prompt=self.prompt,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            dtype=self.dtype,
-            torch_threads=self.torch_threads,
-            score_path=self.score_path,
-            fp32_head=self.fp32_head,
-            prefix_reuse=self.prefix_reuse,
-            attn_implementation=self.attn_implementation,
-        )
 
 
 @dataclass(frozen=True)
@@ -113,18 +91,12 @@ def check_inputs(pairs: str) -> list[str]:
 
 
 def score_stage(ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker) -> ray.data.Dataset:
-    gpus = cfg.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     return ds.map_batches(
         worker_cls,
-        fn_constructor_kwargs={"spec": cfg.spec()},
-        batch_size=cfg.block_rows,
+        fn_constructor_kwargs={"spec": cfg.reranker, "torch_threads": cfg.pool.torch_threads},
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_gpus=gpus,
-        num_cpus=cfg.cpus_per_actor,
         udf_modifying_row_count=False,
+        **cfg.pool.actor_options(),
     )
 
 
@@ -175,7 +147,7 @@ def media_stage(ds: ray.data.Dataset, cfg: RerankConfig) -> ray.data.Dataset:
     return ds.map_batches(
         resolve_media,
         fn_kwargs={"spec": cfg.media},
-        batch_size=cfg.block_rows,
+        batch_size=cfg.pool.block_rows,
         batch_format="pyarrow",
         num_cpus=1,
         # Besides sizing the tasks, a memory request the scoring actors do not make keeps Ray from fusing
@@ -312,7 +284,7 @@ def _manifest(cfg, run_id, files, stats, queries, ranked_rows, timings, resumed)
     score_s = timings.get("score_s")
     return {
         "run_id": run_id,
-        "model": {"id": cfg.model, **model_fingerprint(cfg.model)},
+        "model": {"id": cfg.reranker.model, **model_fingerprint(cfg.reranker.model)},
         "config": asdict(cfg),
         "input_files": files,
         "counts": {

@@ -181,7 +181,7 @@ def test_worker_with_fast_paths_equals_predict(request, model_fixture, fast):
 
 
 def test_fast_path_errors_name_the_fix(qwen3_causal):
-    with pytest.raises(ValueError, match="score_path 'fast' is not one of logit, hidden"):
+    with pytest.raises(ValueError, match="score_path: 'fast' is not one of logit, hidden"):
         RerankerSpec(model=str(qwen3_causal), score_path="fast").validate()
     hidden = to_hidden_state_chain(CrossEncoder(str(qwen3_causal)))
     with pytest.raises(ValueError, match=r"needs a Transformer\(text-generation\) \+ LogitScore"):

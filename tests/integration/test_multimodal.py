@@ -16,6 +16,7 @@ from PIL import Image
 from sentence_transformers import CrossEncoder
 
 from actors.media_loader import MediaSpec
+from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines.rerank import RerankConfig, run_rerank
 from tests.media_files import (
@@ -100,7 +101,12 @@ def run_and_check(tmp_path, rows, model, reference: CrossEncoder, media_spec: Me
     names = list(dict.fromkeys(k for r in rows for k in r if not k.startswith("_")))
     table = pa.Table.from_pylist(rows, schema=pa.schema([(n, pa.string()) for n in names]))
     pairs = write_shards(table, tmp_path / "pairs", shards=2)
-    cfg = RerankConfig(pairs=str(pairs), model=str(model), output=str(tmp_path / "out"), media=media_spec)
+    cfg = RerankConfig(
+        pairs=str(pairs),
+        output=str(tmp_path / "out"),
+        reranker=RerankerSpec(model=str(model)),
+        media=media_spec,
+    )
     manifest = run_rerank(cfg)
 
     key = lambda r: (r["query_id"], r["candidate_id"])  # noqa: E731
@@ -431,7 +437,10 @@ def test_media_stage_runs_in_cpu_tasks_not_in_the_scoring_actors(ray_session, tm
         tmp_path / "p.parquet",
     )
     cfg = RerankConfig(
-        pairs=str(tmp_path), model=str(tmp_path), output=str(tmp_path / "out"), gpus_per_actor=0
+        pairs=str(tmp_path),
+        output=str(tmp_path / "out"),
+        reranker=RerankerSpec(model=str(tmp_path)),
+        pool=PoolSpec(gpus_per_actor=0),
     )
     ds = ray.data.read_parquet(str(tmp_path)).map_batches(validate_pairs, batch_format="pyarrow")
     score_stage(media_stage(ds, cfg), cfg).explain()

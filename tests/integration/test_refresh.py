@@ -13,6 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from actors.embedder import EmbedderSpec
+from actors.pool import PoolSpec
+from actors.reranker import RerankerSpec
 from pipelines.publish import read_latest
 from pipelines.refresh import RefreshConfig, run_refresh
 from tests.media_files import make_image
@@ -86,17 +89,14 @@ def config(data, minilm, reranker, corpus: str, run_id: str, **kw) -> RefreshCon
     return RefreshConfig(
         corpus=str(data[corpus]),
         queries=str(data["tmp"] / "queries.parquet"),
-        embedder=minilm,
-        reranker=str(reranker),
-        output_root=str(data["tmp"] / "root"),
+        output=str(data["tmp"] / "root"),
+        embedder=EmbedderSpec(model=minilm, query_prompt="query: ", batch_tokens=512),
+        embed_pool=PoolSpec(block_rows=32),
+        reranker=RerankerSpec(model=str(reranker), max_length=64),
         retrieve_k=K,
         run_id=run_id,
-        query_prompt="query: ",
         retrieve_block_rows=8,
         rows_per_partition=32,
-        embed_block_rows=32,
-        embed_batch_tokens=512,
-        rerank_max_length=64,
         **kw,
     )
 
@@ -107,7 +107,7 @@ class KilledWorker:
     actor whose task raised stays alive while the exception is referenced, holding a CPU of the shared
     2-CPU test instance.)"""
 
-    def __init__(self, spec):
+    def __init__(self, spec, torch_threads=None):
         raise RuntimeError("node lost in the middle of the night")
 
     def __call__(self, table):  # never reached
@@ -141,7 +141,7 @@ def night1(ray_session, data, minilm, qwen3_causal):
 
 def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):
     cfg, manifest = night1
-    run = Path(cfg.output_root) / "runs" / "night1"
+    run = Path(cfg.output) / "runs" / "night1"
     model = SentenceTransformer(minilm, device="cpu")
     doc_ids = [d["doc_id"] for d in data["docs"]]
     want_docs = model.encode_document([d["doc_text"] for d in data["docs"]])
@@ -201,7 +201,7 @@ def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):
         "rerank_failed": 0,
         "ranked_rows": N_QUERIES * K,
     }
-    assert read_latest(cfg.output_root) == "night1"
+    assert read_latest(cfg.output) == "night1"
     assert (run / "manifest.json").exists() and not (run / "_scored").exists()
     assert set(manifest["evaluation"]["mean"]) == {"retrieval", "reranked"}
     assert (run / "eval" / "metrics.json").exists()

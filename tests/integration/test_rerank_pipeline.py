@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import CrossEncoder
 
-from actors.reranker import RerankWorker
+from actors.pool import PoolSpec
+from actors.reranker import RerankerSpec, RerankWorker
 from pipelines.rerank import RerankConfig, run_rerank
 from tests.pairs_data import adversarial_pairs, write_shards
 
@@ -46,12 +47,9 @@ def test_scores_equal_predict_and_nothing_is_lost(
     pairs = write_shards(table, tmp_path / "pairs")
     cfg = RerankConfig(
         pairs=str(pairs),
-        model=str(model_dir),
         output=str(tmp_path / "out"),
-        prompt=prompt,
-        max_length=64,
-        batch_tokens=300,
-        block_rows=16,
+        reranker=RerankerSpec(model=str(model_dir), prompt=prompt, max_length=64, batch_tokens=300),
+        pool=PoolSpec(block_rows=16),
     )
     manifest = run_rerank(cfg, worker_cls=worker)
 
@@ -99,7 +97,10 @@ def test_top_k_and_query_files(ray_session, tmp_path, qwen3_causal):
     pairs = write_shards(table, tmp_path / "pairs", shards=4)
     run_rerank(
         RerankConfig(
-            pairs=str(pairs), model=str(qwen3_causal), output=str(tmp_path / "out"), top_k=3, max_length=64
+            pairs=str(pairs),
+            output=str(tmp_path / "out"),
+            reranker=RerankerSpec(model=str(qwen3_causal), max_length=64),
+            top_k=3,
         )
     )
     files = list((tmp_path / "out" / "ranked").glob("*.parquet"))

@@ -295,13 +295,13 @@ def test_s3_fetch_honours_aws_endpoint_url(media, monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"timeout_s": 0}, "--media-timeout must be > 0"),
-        ({"max_bytes": -1}, "--max-media-bytes must be > 0"),
-        ({"allowed_schemes": ("file", "nosuch")}, "--allowed-schemes: 'nosuch' is not a known scheme"),
-        ({"allowed_schemes": ()}, "--allowed-schemes is empty"),
+        ({"timeout_s": 0}, "timeout_s: must be > 0"),
+        ({"max_bytes": -1}, "max_bytes: must be > 0"),
+        ({"allowed_schemes": ("file", "nosuch")}, "allowed_schemes: 'nosuch' is not a known scheme"),
+        ({"allowed_schemes": ()}, "allowed_schemes: is empty"),
     ],
 )
-def test_spec_validation_names_the_flag(kwargs, message):
+def test_spec_validation_names_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MediaSpec(**kwargs).validate()
 

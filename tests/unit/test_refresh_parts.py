@@ -88,12 +88,15 @@ def inputs(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"--retrieve-k": "0"}, "--retrieve-k must be >= 1"),
+        ({"--retrieve-k": "0"}, "--retrieve-k: must be >= 1, got 0"),
         ({"--corpus": "missing.parquet"}, "no such file or directory"),
         ({"--queries": "corpus.parquet"}, "missing required column 'query_id'"),
-        ({"--run-id": "a/b"}, "--run-id 'a/b'"),
+        ({"--run-id": "a/b"}, "--run-id: 'a/b'"),
         ({"--qrels": "nope.tsv"}, "--qrels"),
-        ({"--embed-batch-tokens": "0"}, "batch_tokens must be a positive"),
+        ({"--embed-batch-tokens": "0"}, "--embed-batch-tokens: must be >= 1, got 0"),
+        ({"--rerank-actors": "0"}, "--rerank-actors: must be >= 1, got 0"),
+        ({"--rerank-block-rows": "0"}, "--rerank-block-rows: must be >= 1, got 0"),
+        ({"--media-timeout": "0"}, "--media-timeout: must be > 0, got 0.0"),
     ],
 )
 def test_cli_fails_in_one_line_before_any_cluster_work(inputs, capsys, change, message):
@@ -101,9 +104,9 @@ def test_cli_fails_in_one_line_before_any_cluster_work(inputs, capsys, change, m
     args = {
         "--corpus": tmp / "corpus.parquet",
         "--queries": tmp / "queries.parquet",
-        "--embedder": model,
-        "--reranker": model,
-        "--output-root": tmp / "root",
+        "--embed-model": model,
+        "--rerank-model": model,
+        "--output": tmp / "root",
     }
     args |= {k: tmp / v if k in ("--corpus", "--queries", "--qrels") else v for k, v in change.items()}
     argv = [str(x) for item in args.items() for x in item]

@@ -1,0 +1,50 @@
+"""The shape of a model stage's actor pool: replicas, their resources, and rows per actor call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.settings import at_least, setting
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """How many model replicas run, what each reserves, and how many rows each call receives."""
+
+    actors: int = setting(1, help="model actors (one model replica each)")
+    gpus_per_actor: float | None = setting(
+        None, help="GPUs per actor (default: 1 when the cluster has GPUs, else 0 = CPU)"
+    )
+    cpus_per_actor: float = setting(1.0, help="CPUs reserved per actor")
+    torch_threads: int | None = setting(
+        None, help="torch intra-op threads in each actor (CPU runs; default: torch's own choice)"
+    )
+    block_rows: int = setting(
+        2048,
+        help="rows handed to an actor per call; they are length-sorted together, so more rows pad less",
+    )
+
+    def validate(self) -> PoolSpec:
+        at_least(self, 1, "actors", "block_rows", "torch_threads")
+        at_least(self, 0, "gpus_per_actor", "cpus_per_actor")
+        return self
+
+    def num_gpus(self) -> float:
+        """GPUs each actor asks Ray for; None resolves against the connected cluster."""
+        if self.gpus_per_actor is not None:
+            return self.gpus_per_actor
+        import ray
+
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+    def actor_options(self) -> dict[str, Any]:
+        """`map_batches` keyword arguments of an actor-pool stage of this shape."""
+        import ray
+
+        return {
+            "batch_size": self.block_rows,
+            "compute": ray.data.ActorPoolStrategy(size=self.actors),
+            "num_gpus": self.num_gpus(),
+            "num_cpus": self.cpus_per_actor,
+        }

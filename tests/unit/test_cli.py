@@ -1,0 +1,116 @@
+"""Every job's flags come from its config's fields: each setting is defined once (its spec), every flag's
+default is its field's, `--help` lists every field, and the refresh offers every reranker setting of
+`jobs.rerank` under `--rerank-*`. Bad values exit 2 with one line naming the flag the user typed."""
+
+from __future__ import annotations
+
+import importlib
+import typing
+from dataclasses import MISSING, fields, is_dataclass
+
+import pytest
+
+from actors.embedder import EmbedderSpec
+from actors.media_loader import MediaSpec
+from actors.pool import PoolSpec
+from actors.reranker import RerankerSpec
+from jobs.cli import SettingsParser
+
+JOBS = ["rerank", "refresh", "evaluate", "benchmark", "demo", "build_demo"]
+SPECS = (RerankerSpec, EmbedderSpec, MediaSpec, PoolSpec)
+
+
+def expected_flags(cls: type, prefix: str = "", owner: type | None = None):
+    """(flag, default, spec class that owns the field) for every leaf setting of `cls`, by the naming rule
+    the README documents: `--` + the nested spec's prefix + the field's flag name."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        kind = hints[f.name]
+        if is_dataclass(kind):
+            yield from expected_flags(kind, prefix + (f.metadata.get("prefix") or ""), kind)
+            continue
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = MISSING
+        name = f.metadata.get("flag") or f.name.replace("_", "-")
+        yield "--" + prefix + name, default, owner or cls
+
+
+def parser_of(job: str) -> SettingsParser:
+    parser = importlib.import_module(f"jobs.{job}").build_parser()
+    assert isinstance(parser, SettingsParser), f"jobs.{job} builds its flags by hand"
+    return parser
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_flag_default_is_its_fields_and_help_lists_every_field(job):
+    parser = parser_of(job)
+    actions = {opt: a for a in parser._actions for opt in a.option_strings}
+    help_text = parser.format_help()
+    for flag, default, _owner in expected_flags(parser.config_cls):
+        assert flag in actions, f"jobs.{job}: no {flag}"
+        assert flag in help_text, f"jobs.{job} --help does not list {flag}"
+        action = actions[flag]
+        if default is MISSING:
+            assert action.required, f"jobs.{job} {flag} has no default, so it must be required"
+        else:
+            assert action.default == default, f"jobs.{job} {flag}: default {action.default!r} != {default!r}"
+    generated = {flag for flag, _, _ in expected_flags(parser.config_cls)} | {"--ray-address", "--help", "-h"}
+    assert set(actions) <= generated, f"jobs.{job} has hand-made flags {set(actions) - generated}"
+
+
+def test_specs_reach_the_jobs_that_use_them():
+    owners = {job: {owner for _, _, owner in expected_flags(parser_of(job).config_cls)} for job in JOBS}
+    assert {RerankerSpec, PoolSpec, MediaSpec} <= owners["rerank"]
+    assert set(SPECS) <= owners["refresh"]
+    assert {RerankerSpec, PoolSpec} <= owners["benchmark"]
+
+
+def test_refresh_has_every_rerank_flag_under_its_prefix():
+    rerank = {
+        flag: owner for flag, _, owner in expected_flags(parser_of("rerank").config_cls) if flag != "--pairs"
+    }
+    refresh = {flag for flag, _, _ in expected_flags(parser_of("refresh").config_cls)}
+    for flag, owner in rerank.items():
+        want = "--rerank-" + flag[2:] if owner in (RerankerSpec, PoolSpec) else flag
+        assert want in refresh, f"jobs.rerank {flag} has no jobs.refresh {want}"
+
+
+def test_one_output_flag_across_jobs():
+    for job in JOBS:
+        flags = {flag for flag, _, _ in expected_flags(parser_of(job).config_cls)}
+        assert "--output" in flags and not flags & {"--out", "--output-root", "--output-dir"}, job
+
+
+def test_comma_lists_and_booleans_parse(tmp_path):
+    parser = parser_of("rerank")
+    argv = ["--pairs", "p", "--model", str(tmp_path), "--output", "o", "--allowed-schemes", "file, s3"]
+    cfg = parser.config(parser.parse_args([*argv, "--fp32-head", "--trust-remote-code"]))
+    assert cfg.media.allowed_schemes == ("file", "s3")
+    assert cfg.reranker.fp32_head and cfg.reranker.trust_remote_code and not cfg.reranker.prefix_reuse
+    assert cfg.reranker == RerankerSpec(model=str(tmp_path), fp32_head=True, trust_remote_code=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--actors", "0"], "--actors: must be >= 1, got 0"),
+        (["--batch-tokens", "0"], "--batch-tokens: must be >= 1, got 0"),
+        (["--max-length", "4"], "--max-length: must be >= 8, got 4"),
+        (["--max-media-bytes", "-1"], "--max-media-bytes: must be > 0, got -1"),
+        (["--allowed-schemes", "file,nosuch"], "--allowed-schemes: 'nosuch' is not a known scheme"),
+        (["--top-k", "0"], "--top-k: must be >= 1, got 0"),
+        (["--run-id", ".x"], "--run-id: '.x': use a plain name"),
+        (["--model", "./nope"], "--model: model './nope' is not a directory"),
+    ],
+)
+def test_rerank_bad_values_exit_2_naming_the_flag(tmp_path, capsys, change, message):
+    from jobs import rerank
+
+    argv = ["--pairs", str(tmp_path), "--model", str(tmp_path), "--output", str(tmp_path / "out"), *change]
+    assert rerank.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {err[7:]}" and message in err and "\n" not in err, err
