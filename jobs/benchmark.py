@@ -19,10 +19,10 @@ import os
 import sys
 import time
 
+from jobs.bench.data import LengthSpec
+from jobs.bench.models import MODEL_CONFIGS
+from jobs.bench.run import BenchConfig
 from jobs.rerank import add_fast_path_flags
-from pipelines.bench_data import LengthSpec
-from pipelines.bench_models import MODEL_CONFIGS
-from pipelines.benchmark import BenchConfig
 from pipelines.rerank import RerankConfig
 
 # On a GPU the set must be large enough to keep it busy for a while; CPU defaults live on BenchConfig.
@@ -142,12 +142,12 @@ def resolve_model(args: argparse.Namespace) -> str:
         raise ValueError("pass --model or --model-config, not both")
     if args.model:
         return args.model
-    from jobs.build_demo import build_demo
+    from jobs.demo_assets import build_demo
 
     demo = build_demo(args.demo_dir).reranker
     if not args.model_config:
         return demo
-    from pipelines.bench_models import build_random_reranker
+    from jobs.bench.models import build_random_reranker
 
     dtype = "float32" if args.dtype in ("auto", "float32") and args.device != "cuda" else "bfloat16"
     out = os.path.join(args.demo_dir, "models", f"random-{args.model_config}")
@@ -254,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args, model).validate()
         sweep = None
         if args.sweep:
-            from pipelines.bench_sweep import parse_sweep
+            from jobs.bench.sweep import parse_sweep
 
             sweep = parse_sweep(args.sweep)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from jobs.bench.run import run_benchmark
     from jobs.ray_session import connect
-    from pipelines.benchmark import run_benchmark
 
     if args.ray_address is None and "RAY_ADDRESS" not in os.environ:
         # Ray starts its workers at nice 15. On a machine shared with other work that hands the pipeline's
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
     connect(args.ray_address)
     if sweep is not None:
-        from pipelines.bench_sweep import run_sweep
+        from jobs.bench.sweep import run_sweep
 
         report = run_sweep(cfg, *sweep)
         device = "cuda" if cfg.rerank_config().gpus_per_actor != 0.0 else "cpu"

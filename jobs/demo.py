@@ -10,55 +10,71 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
-from jobs.build_demo import build_demo
+from actors.embedder import EmbedderSpec
+from actors.pool import PoolSpec
+from actors.reranker import RerankerSpec
+from jobs.cli import SettingsParser, run_job
+from jobs.demo_assets import build_demo
+from schemas.settings import at_least, setting
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=".demo", help="where demo assets and runs are written")
-    p.add_argument("--retrieve-k", type=int, default=16, help="candidates retrieved (and reranked) per query")
-    p.add_argument(
-        "--torch-threads", type=int, default=os.cpu_count() or 1, help="torch threads in each actor"
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """The demo's few settings; everything else is the jobs' own defaults."""
+
+    output: str = setting(".demo", help="where demo assets and runs are written")
+    retrieve_k: int = setting(16, help="candidates retrieved (and reranked) per query")
+    torch_threads: int = setting(
+        os.cpu_count() or 1, help="torch threads in each actor (default: every core)"
     )
-    p.add_argument("--skip-multimodal", action="store_true", help="do not run the image-caption part")
-    p.add_argument(
-        "--run-id", default=None, help="refresh run id (default: a new one; the score cache still applies)"
+    skip_multimodal: bool = setting(False, help="do not run the image-caption part")
+    run_id: str | None = setting(
+        None, help="refresh run id (default: a new one; the score cache still applies)"
     )
-    return p
+
+    def validate(self) -> DemoConfig:
+        at_least(self, 1, "retrieve_k", "torch_threads")
+        return self
+
+
+def build_parser() -> SettingsParser:
+    return SettingsParser(DemoConfig, prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    out = os.path.abspath(args.out)
+    return run_job(build_parser(), argv, run)
+
+
+def run(args: DemoConfig, _checked=None) -> str:
+    out = os.path.abspath(args.output)
     print(f"[demo] building assets under {out}")
     assets = build_demo(out)
 
-    from jobs.ray_session import connect
     from jobs.refresh import summary as refresh_summary
     from pipelines.evaluate import format_summary
     from pipelines.io import read_json
     from pipelines.refresh import RefreshConfig, run_refresh
 
-    connect(None)
     root = os.path.join(out, "refresh")
+    pool = PoolSpec(torch_threads=args.torch_threads)
     cfg = RefreshConfig(
         corpus=assets.corpus,
         queries=assets.queries,
-        embedder=assets.embedder,
-        reranker=assets.reranker,
-        output_root=root,
+        output=root,
+        embedder=EmbedderSpec(model=assets.embedder),
+        embed_pool=pool,
+        reranker=RerankerSpec(model=assets.reranker, max_length=256),
+        rerank_pool=pool,
         retrieve_k=args.retrieve_k,
         run_id=args.run_id,
         qrels=assets.qrels,
-        rerank_max_length=256,
-        torch_threads=args.torch_threads,
     )
     print(f"[demo] nightly refresh: corpus {assets.corpus}, reranker {assets.reranker}")
     started = time.perf_counter()
@@ -74,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {manifest['evaluation']['output']}/report.md")
 
     if not args.skip_multimodal:
-        _multimodal_part(assets, out, args.torch_threads)
-    return 0
+        _multimodal_part(assets, out, pool)
+    return f"[demo] done: {out}"
 
 
-def _multimodal_part(assets, out: str, threads: int) -> None:
+def _multimodal_part(assets, out: str, pool: PoolSpec) -> None:
+    from jobs.demo_assets.tiny_vlm import build_demo_vlm
     from jobs.rerank import summary
     from pipelines.rerank import RerankConfig, run_rerank
-    from tests.tiny_multimodal import build_demo_vlm
 
     vlm = os.path.join(out, "models", "tiny-qwen2vl-reranker")
     if not os.path.exists(os.path.join(vlm, "modules.json")):
@@ -89,7 +105,9 @@ def _multimodal_part(assets, out: str, threads: int) -> None:
     output = os.path.join(out, "image-rerank", time.strftime("%Y%m%dT%H%M%S"))
     print(f"[demo] multimodal: captions -> images with a tiny random-weight Qwen2-VL reranker ({vlm})")
     manifest = run_rerank(
-        RerankConfig(pairs=assets.image_pairs, model=vlm, output=output, torch_threads=threads, top_k=3)
+        RerankConfig(
+            pairs=assets.image_pairs, output=output, reranker=RerankerSpec(model=vlm), pool=pool, top_k=3
+        )
     )
     print(summary(manifest, output))
 

@@ -2,115 +2,25 @@
 
 The recipes follow research/tiny-video-audio-rerankers.md: a byte-level BPE tokenizer trained here with the
 models' special tokens, the real processors with tiny size settings, a 2-layer 64-d language model and a
-1-layer vision/audio encoder (~150k parameters each). Each builder writes a plain Hugging Face directory
-(`<out>/hf`, no modules.json: the reranker's loader must build Transformer(any-to-any) + LogitScore itself)
-and, with `st=True`, the same model saved as a sentence-transformers CrossEncoder (`<out>/st`).
+1-layer vision/audio encoder (~150k parameters each). Each builder writes a plain Hugging Face directory (no
+modules.json: the reranker's loader must build Transformer(any-to-any) + LogitScore itself);
+`save_as_cross_encoder` saves one as a sentence-transformers CrossEncoder.
+
+The Qwen2-VL builder and the CrossEncoder wrapper are the demo's own (`jobs.demo_assets.tiny_vlm`, which
+production code imports); only the audio model is test-only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny_models import train_tokenizer
+from jobs.demo_assets.tiny_tokenizer import train_tokenizer
+from jobs.demo_assets.tiny_vlm import build_tiny_qwen2vl, save_as_cross_encoder, tiny_text_config
 
-VL_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+__all__ = ["build_tiny_qwen2audio", "build_tiny_qwen2vl", "save_as_cross_encoder"]
+
 AUDIO_SPECIALS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
-
-# The official Qwen2-VL-Instruct chat template, verbatim: a default system turn, any role printed (so
-# sentence-transformers' query/document roles reach the model), one pad token per image or video.
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# Small pixel bounds: 4..16 visual tokens per image (28x28 pixels per token after the 2x2 merge).
-VL_MIN_PIXELS = 28 * 28 * 4
-VL_MAX_PIXELS = 28 * 28 * 16
 AUDIO_WINDOW_S = 5  # Whisper window of the tiny audio model (the real one has 30 s)
-DEFAULT_JUDGE_PROMPT = "Judge whether the document matches the query. Answer yes or no."
-
-
-def _text_config(tok, **extra) -> dict:
-    return dict(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-        **extra,
-    )
-
-
-def build_tiny_qwen2vl(out: Path, seed: int = 0) -> Path:
-    """A Qwen2-VL directory (Qwen2VLForConditionalGeneration + Qwen2VLProcessor: image and video)."""
-    import torch
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    tok = train_tokenizer(extra_specials=VL_SPECIALS, max_length=4096)
-    sizes = dict(
-        min_pixels=VL_MIN_PIXELS, max_pixels=VL_MAX_PIXELS, patch_size=14, merge_size=2, temporal_patch_size=2
-    )
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**sizes),
-        tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(**sizes, cap_pixels_per_frame=False),
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
-    )
-    ids = tok.convert_tokens_to_ids
-    config = Qwen2VLConfig(
-        text_config=_text_config(
-            tok,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
-        ),
-        vision_config=dict(
-            depth=1,
-            embed_dim=32,
-            hidden_size=64,
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True,
-        architectures=["Qwen2VLForConditionalGeneration"],
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
 
 
 def build_tiny_qwen2audio(out: Path, seed: int = 0) -> Path:
@@ -143,7 +53,7 @@ def build_tiny_qwen2audio(out: Path, seed: int = 0) -> Path:
             d_model=32,
             max_source_positions=fe.nb_max_frames // 2,
         ),
-        text_config=dict(model_type="qwen2", **_text_config(tok)),
+        text_config=dict(model_type="qwen2", **tiny_text_config(tok)),
         audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
         architectures=["Qwen2AudioForConditionalGeneration"],
     )
@@ -151,47 +61,4 @@ def build_tiny_qwen2audio(out: Path, seed: int = 0) -> Path:
     model = Qwen2AudioForConditionalGeneration(config).eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    return out
-
-
-def save_as_cross_encoder(hf_dir: Path, out: Path, prompt: str | None = DEFAULT_JUDGE_PROMPT) -> Path:
-    """Wrap a multimodal LM directory as Transformer(any-to-any) + LogitScore('yes', 'no') and save it."""
-    from sentence_transformers import CrossEncoder
-    from sentence_transformers.cross_encoder.modules import LogitScore
-    from sentence_transformers.sentence_transformer.modules import Transformer
-
-    transformer = Transformer(
-        str(hf_dir),
-        transformer_task="any-to-any",
-        processing_kwargs={"chat_template": {"add_generation_prompt": True}},
-    )
-    feature_extractor = getattr(transformer.processor, "feature_extractor", None)
-    if feature_extractor is not None:
-        # Pins the Whisper window: a tokenizer saved after a call would otherwise leak max_length into it.
-        transformer.processing_kwargs["audio"] = {"max_length": feature_extractor.n_samples}
-    ids = transformer.tokenizer.convert_tokens_to_ids
-    score = LogitScore(true_token_id=ids("yes"), false_token_id=ids("no"))
-    model = CrossEncoder(
-        modules=[transformer, score],
-        num_labels=1,
-        prompts={"judge": prompt} if prompt else {},
-        default_prompt_name="judge" if prompt else None,
-    )
-    model.save_pretrained(str(out))
-    return out
-
-
-def build_demo_vlm(out: str | Path, seed: int = 0) -> Path:
-    """The demo's multimodal reranker: a tiny Qwen2-VL saved as a CrossEncoder directory at `out`.
-
-    Random weights, so its scores are not meaningful; it shows the image pipeline end to end offline.
-    Pass the returned directory as `--model` of `python -m jobs.rerank` with the image pairs.
-    """
-    import tempfile
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tiny-vlm-", dir=out.parent) as tmp:
-        hf = build_tiny_qwen2vl(Path(tmp) / "hf", seed=seed)
-        save_as_cross_encoder(hf, out)
     return out

@@ -1,4 +1,4 @@
-"""The demo assets (jobs/build_demo.py) are what the demo and the jobs expect: a loadable SmolLM2 reranker
+"""The demo assets (jobs/demo_assets/) are what the demo and the jobs expect: a loadable SmolLM2 reranker
 that scores exactly like the language model it wraps, pairs that satisfy the pairs contract with judged
 relevant candidates for every query, and images that open. Built once per session; never starts Ray."""
 
@@ -11,7 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import build_demo as bd
+from jobs.demo_assets import DemoAssets, build_demo
+from jobs.demo_assets.images import IMAGE_SIZE, SHAPES
+from jobs.demo_assets.pydoc_corpus import MAX_DOC_CHARS, MIN_DOC_CHARS
+from jobs.demo_assets.reranker import DEFAULT_INSTRUCT, FALSE_TOKEN, TRUE_TOKEN
 from schemas import columns as c
 from schemas.qrels import read_qrels
 from schemas.tables import PAIRS_SCHEMA, check_corpus_schema, check_pairs_schema, check_queries_schema
@@ -23,8 +26,8 @@ PAIRS = [
 
 
 @pytest.fixture(scope="session")
-def assets(tmp_path_factory) -> bd.DemoAssets:
-    return bd.build_demo(str(tmp_path_factory.mktemp("demo")))
+def assets(tmp_path_factory) -> DemoAssets:
+    return build_demo(str(tmp_path_factory.mktemp("demo")))
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +45,10 @@ def test_reranker_is_transformer_plus_logit_score_on_yes_no(reranker):
     assert isinstance(transformer, Transformer) and isinstance(head, LogitScore)
     assert transformer.transformer_task == "text-generation"
     tokenizer = transformer.tokenizer
-    assert head.true_token_id == tokenizer.convert_tokens_to_ids(bd.TRUE_TOKEN)
-    assert head.false_token_id == tokenizer.convert_tokens_to_ids(bd.FALSE_TOKEN)
-    assert tokenizer.decode([head.true_token_id]) == bd.TRUE_TOKEN
-    assert tokenizer.decode([head.false_token_id]) == bd.FALSE_TOKEN
+    assert head.true_token_id == tokenizer.convert_tokens_to_ids(TRUE_TOKEN)
+    assert head.false_token_id == tokenizer.convert_tokens_to_ids(FALSE_TOKEN)
+    assert tokenizer.decode([head.true_token_id]) == TRUE_TOKEN
+    assert tokenizer.decode([head.false_token_id]) == FALSE_TOKEN
     assert isinstance(reranker.activation_fn, torch.nn.Sigmoid)
     assert transformer.model.dtype == torch.float32
 
@@ -60,7 +63,7 @@ def test_chat_template_carries_query_document_and_prompt(reranker):
     # The answer is the next token: the rendered prompt ends by opening the assistant turn.
     assert text.endswith("<|im_start|>assistant\n")
     default = transformer.tokenizer.decode(reranker.preprocess([PAIRS[0]])["input_ids"][0])
-    assert f"<Instruct>: {bd.DEFAULT_INSTRUCT}\n" in default
+    assert f"<Instruct>: {DEFAULT_INSTRUCT}\n" in default
 
 
 def test_scores_are_the_language_models_yes_no_odds(reranker):
@@ -120,8 +123,8 @@ def test_corpus_and_qrels_agree(assets):
     doc_ids = corpus.column(c.DOC_ID).to_pylist()
     assert len(doc_ids) == len(set(doc_ids)) > 500
     lengths = pc.utf8_length(corpus.column("doc_text"))
-    assert pc.max(lengths).as_py() <= bd.MAX_DOC_CHARS
-    assert pc.min(lengths).as_py() >= bd.MIN_DOC_CHARS
+    assert pc.max(lengths).as_py() <= MAX_DOC_CHARS
+    assert pc.min(lengths).as_py() >= MIN_DOC_CHARS
     qrels = read_qrels(assets.qrels)
     judged = {d for docs in qrels.values() for d in docs}
     assert judged <= set(doc_ids)
@@ -135,13 +138,13 @@ def test_images_open_and_pair_with_every_caption(assets):
     table = pq.read_table(assets.image_pairs)
     paths = sorted(set(table.column("candidate_image").to_pylist()))
     captions = set(table.column("query_text").to_pylist())
-    assert len(paths) == len(captions) == len(bd.SHAPES)
+    assert len(paths) == len(captions) == len(SHAPES)
     assert table.num_rows == len(paths) * len(captions)
     for path in paths:
         assert Path(path).is_absolute()
         with Image.open(path) as image:
             image.load()
-            assert image.size == (bd.IMAGE_SIZE, bd.IMAGE_SIZE)
+            assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
     qrels = read_qrels(assets.image_qrels)
     for qid, docs in qrels.items():
         (doc,) = docs
@@ -157,7 +160,7 @@ def test_second_build_reuses_everything(assets):
     weights = Path(assets.reranker) / "model.safetensors"
     before = weights.stat().st_mtime_ns
     start = time.perf_counter()
-    again = bd.build_demo(str(Path(assets.reranker).parents[1]))
+    again = build_demo(str(Path(assets.reranker).parents[1]))
     assert again == assets
     assert weights.stat().st_mtime_ns == before
     assert time.perf_counter() - start < 5

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from jobs.bench import methods as bench_methods
+from jobs.bench.data import LengthSpec, fit_documents_to_tokens, skewed_pairs, text_pairs
+from jobs.bench.models import MODEL_CONFIGS, flops_per_pair, peak_tflops
+from jobs.bench.run import METHODS, BenchConfig, run_benchmark
+from jobs.bench.sweep import parse_sweep
 from jobs.benchmark import summary
-from pipelines import bench_methods
-from pipelines.bench_data import LengthSpec, fit_documents_to_tokens, skewed_pairs, text_pairs
-from pipelines.bench_models import MODEL_CONFIGS, flops_per_pair, peak_tflops
-from pipelines.bench_sweep import parse_sweep
-from pipelines.benchmark import METHODS, BenchConfig, run_benchmark
 from schemas import columns as c
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from actors.fast_paths import finish_scores
 from actors.reranker import PACK_MIN_FILL, RerankWorker
 from actors.token_budget import MicroBatch, pack_by_tokens
-from pipelines.bench_data import text_pairs
+from jobs.bench.data import text_pairs
 from schemas import columns as c
 
 PREDICT_BATCH = 32  # CrossEncoder.predict / rank default batch_size

@@ -21,15 +21,15 @@ import pyarrow.parquet as pq
 
 from actors.fast_paths import apply_fast_paths
 from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder, resolve_device_and_dtype
-from pipelines import bench_methods as bm
-from pipelines.bench_data import (
+from jobs.bench import methods as bm
+from jobs.bench.data import (
     SHORT_DOCUMENTS,
     LengthSpec,
     fit_documents_to_tokens,
     skewed_pairs,
     text_pairs,
 )
-from pipelines.bench_models import flops_per_pair, peak_tflops
+from jobs.bench.models import flops_per_pair, peak_tflops
 from pipelines.rerank import RerankConfig
 from pipelines.run_info import library_versions
 from schemas import columns as c

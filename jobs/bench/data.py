@@ -8,12 +8,12 @@ fixed number of model tokens instead (the GPU roofline figure at 512-token pairs
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from jobs.demo_assets.pydoc_corpus import questions_and_words
 from schemas import columns as c
 
 
@@ -40,26 +40,6 @@ class LengthSpec:
 SHORT_DOCUMENTS = LengthSpec(median_words=8.0, sigma=0.4, min_words=3, max_words=24)
 
 
-def _corpus() -> tuple[list[str], list[str]]:
-    """(question per topic, the documentation's words) from pydoc_data.topics, in a fixed order."""
-    from pydoc_data.topics import topics
-
-    questions, words = [], []
-    for key in sorted(topics):
-        text = topics[key]
-        title = text.strip().split("\n", 1)[0].strip().replace('"', "")
-        if title:
-            questions.append(_question(title))
-        words.extend(re.findall(r"\S+", text))
-    return questions, words
-
-
-def _question(title: str) -> str:
-    if title.startswith("The "):
-        return f"How does the {title[4:]} work in Python?"
-    return f"What is {title[0].lower()}{title[1:]} in Python?"
-
-
 def skewed_pairs(
     n_pairs: int, per_query: int = 16, lengths: LengthSpec | None = None, seed: int = 0
 ) -> pa.Table:
@@ -68,7 +48,7 @@ def skewed_pairs(
     if n_pairs < 1 or per_query < 1:
         raise ValueError(f"n_pairs and per_query must be >= 1, got {n_pairs} and {per_query}")
     spec = (lengths or LengthSpec()).validate()
-    questions, words = _corpus()
+    questions, words = questions_and_words()
     rng = np.random.default_rng(seed)
     sizes = rng.lognormal(np.log(spec.median_words), spec.sigma, size=n_pairs)
     sizes = np.clip(np.rint(sizes), spec.min_words, spec.max_words).astype(int)

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from actors.reranker import PACK_MIN_FILL, load_cross_encoder
-from pipelines import bench_methods as bm
-from pipelines.bench_data import skewed_pairs
-from pipelines.benchmark import BenchConfig
+from jobs.bench import methods as bm
+from jobs.bench.data import skewed_pairs
+from jobs.bench.run import BenchConfig
 from pipelines.run_info import library_versions
 
 SWEEPABLE = {
