@@ -13,179 +13,42 @@ machine, versions and settings. Runs locally (starts a Ray instance) or under
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
-from jobs.bench.data import LengthSpec
-from jobs.bench.models import MODEL_CONFIGS
-from jobs.bench.run import BenchConfig
-from jobs.rerank import add_fast_path_flags
-from pipelines.rerank import RerankConfig
-
-# On a GPU the set must be large enough to keep it busy for a while; CPU defaults live on BenchConfig.
-GPU_PAIRS, GPU_FAST_PATH_PAIRS = 16384, 2048
+from jobs.bench.run import DEMO_RERANKER, BenchConfig
+from jobs.cli import SettingsParser, user_error
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> SettingsParser:
+    return SettingsParser(
+        BenchConfig,
         prog="python -m jobs.benchmark",
         description="Measure pipeline throughput against a per-query rank loop, predict and the bare forward, "
         "side by side in one run, and write the figures as JSON.",
     )
-    m = p.add_argument_group("model")
-    m.add_argument(
-        "--model",
-        default=None,
-        help="CrossEncoder directory or hub id (default: the SmolLM2-135M demo reranker, built under "
-        "--demo-dir if missing)",
-    )
-    m.add_argument(
-        "--model-config",
-        choices=sorted(MODEL_CONFIGS),
-        default=None,
-        help="instead of --model, a random-weight reranker with this published shape (qwen3-0.6b = "
-        "Qwen3-Reranker-0.6B: hidden 1024, 28 layers, 16/8 heads, head_dim 128, MLP 3072, vocab 151669), "
-        "tokenised like the demo reranker; its speed is the real model's, its scores mean nothing",
-    )
-    m.add_argument("--demo-dir", default=".demo", help="where the demo reranker is built or found")
-    d = p.add_argument_group("pairs")
-    d.add_argument(
-        "--pairs",
-        type=int,
-        default=None,
-        help=f"pairs in the benchmark set (default: {BenchConfig.pairs} on CPU, {GPU_PAIRS} on GPU)",
-    )
-    d.add_argument("--per-query", type=int, default=BenchConfig.per_query, help="candidates per query")
-    d.add_argument(
-        "--pair-tokens",
-        type=int,
-        default=None,
-        help="make every pair exactly N tokens (e.g. 512 for the GPU roofline figure) instead of skewed lengths",
-    )
-    d.add_argument(
-        "--median-words", type=float, default=LengthSpec.median_words, help="median document length, words"
-    )
-    d.add_argument(
-        "--sigma", type=float, default=LengthSpec.sigma, help="lognormal shape of document lengths"
-    )
-    d.add_argument("--max-words", type=int, default=LengthSpec.max_words, help="longest document, words")
-    d.add_argument("--seed", type=int, default=0, help="seed of the pairs set")
-    r = p.add_argument_group("run")
-    r.add_argument(
-        "--rounds", type=int, default=BenchConfig.rounds, help="rounds; every method runs once per round"
-    )
-    r.add_argument("--prompt", default=None, help="instruction passed as the prompt (default: the model's)")
-    r.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens")
-    r.add_argument(
-        "--batch-tokens", type=int, default=RerankConfig.batch_tokens, help="micro-batch token budget"
-    )
-    r.add_argument("--block-rows", type=int, default=RerankConfig.block_rows, help="rows per actor call")
-    r.add_argument("--actors", type=int, default=RerankConfig.actors, help="scoring actors in the pipeline")
-    r.add_argument("--cpus-per-actor", type=float, default=RerankConfig.cpus_per_actor, help="CPUs per actor")
-    r.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 with GPUs)")
-    r.add_argument(
-        "--torch-threads",
-        type=int,
-        default=None,
-        help="torch threads, driver and actors (default: all cores on CPU)",
-    )
-    r.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    r.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)",
-    )
-    r.add_argument(
-        "--no-fast-paths",
-        dest="fast_paths",
-        action="store_false",
-        help="skip timing each exact fast path against the default path",
-    )
-    r.add_argument(
-        "--fast-path-pairs",
-        type=int,
-        default=None,
-        help=f"pairs each fast path is timed on (default: {BenchConfig.fast_path_pairs} on CPU, "
-        f"{GPU_FAST_PATH_PAIRS} on GPU)",
-    )
-    r.add_argument(
-        "--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: by GPU name)"
-    )
-    r.add_argument(
-        "--work-dir", default=None, help="pairs Parquet and pipeline outputs (default: a temp dir)"
-    )
-    r.add_argument(
-        "--output",
-        default=None,
-        help="JSON report path (default: bench/benchmark-<model>-<device>-<time>.json)",
-    )
-    r.add_argument(
-        "--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)"
-    )
-    r.add_argument(
-        "--sweep",
-        default=None,
-        metavar="NAME=V1,V2,...",
-        help="instead of the comparison, time one setting's values side by side: batch_tokens or min_fill "
-        "(on the bare forward), block_rows or actors (on the pipeline); e.g. batch_tokens=2048,4096,16384",
-    )
-    add_fast_path_flags(p)
-    return p
 
 
-def resolve_model(args: argparse.Namespace) -> str:
-    if args.model and args.model_config:
-        raise ValueError("pass --model or --model-config, not both")
-    if args.model:
-        return args.model
+def resolve_model(cfg: BenchConfig) -> str:
+    """--model as given, else the SmolLM2 demo reranker, or (--model-config) a random-weight reranker of a
+    published shape tokenised like it."""
+    if cfg.reranker.model != DEMO_RERANKER:
+        return cfg.reranker.model
     from jobs.demo_assets import build_demo
 
-    demo = build_demo(args.demo_dir).reranker
-    if not args.model_config:
+    demo = build_demo(cfg.demo_dir).reranker
+    if not cfg.model_config:
         return demo
     from jobs.bench.models import build_random_reranker
 
-    dtype = "float32" if args.dtype in ("auto", "float32") and args.device != "cuda" else "bfloat16"
-    out = os.path.join(args.demo_dir, "models", f"random-{args.model_config}")
-    return str(build_random_reranker(args.model_config, out, tokenizer_from=demo, dtype=dtype))
-
-
-def config_from_args(args: argparse.Namespace, model: str) -> BenchConfig:
-    import torch
-
-    on_gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
-    pairs = args.pairs or (GPU_PAIRS if on_gpu else BenchConfig.pairs)
-    fast_path_pairs = args.fast_path_pairs or (GPU_FAST_PATH_PAIRS if on_gpu else BenchConfig.fast_path_pairs)
-    return BenchConfig(
-        model=model,
-        pairs=pairs,
-        per_query=args.per_query,
-        pair_tokens=args.pair_tokens,
-        lengths=LengthSpec(median_words=args.median_words, sigma=args.sigma, max_words=args.max_words),
-        rounds=args.rounds,
-        seed=args.seed,
-        prompt=args.prompt,
-        max_length=args.max_length,
-        batch_tokens=args.batch_tokens,
-        block_rows=args.block_rows,
-        actors=args.actors,
-        cpus_per_actor=args.cpus_per_actor,
-        gpus_per_actor=args.gpus_per_actor,
-        torch_threads=args.torch_threads,
-        device=args.device,
-        dtype=args.dtype,
-        score_path=args.score_path,
-        fp32_head=args.fp32_head,
-        prefix_reuse=args.prefix_reuse,
-        attn_implementation=args.attn_implementation,
-        fast_paths=args.fast_paths,
-        fast_path_pairs=fast_path_pairs,
-        peak_tflops=args.peak_tflops,
-        work_dir=args.work_dir,
+    on_cpu = cfg.reranker.dtype in ("auto", "float32") and cfg.reranker.device != "cuda"
+    out = os.path.join(cfg.demo_dir, "models", f"random-{cfg.model_config}")
+    return str(
+        build_random_reranker(
+            cfg.model_config, out, tokenizer_from=demo, dtype="float32" if on_cpu else "bfloat16"
+        )
     )
 
 
@@ -247,19 +110,19 @@ def default_output(model: str, device: str, kind: str = "benchmark") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        model = resolve_model(args)
-        cfg = config_from_args(args, model).validate()
+        cfg = parser.config(args).validate()
+        cfg = cfg.resolved(resolve_model(cfg)).validate()
         sweep = None
-        if args.sweep:
+        if cfg.sweep:
             from jobs.bench.sweep import parse_sweep
 
-            sweep = parse_sweep(args.sweep)
+            sweep = parse_sweep(cfg.sweep)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return user_error(parser, exc)
     from jobs.bench.run import run_benchmark
     from jobs.ray_session import connect
 
@@ -269,16 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         # like, as on a dedicated node where niceness changes nothing. Only the local instance started here.
         os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
     connect(args.ray_address)
+    model = cfg.reranker.model
     if sweep is not None:
         from jobs.bench.sweep import run_sweep
 
         report = run_sweep(cfg, *sweep)
-        device = "cuda" if cfg.rerank_config().gpus_per_actor != 0.0 else "cpu"
-        output = args.output or default_output(model, device, f"sweep-{sweep[0]}")
+        device = "cpu" if cfg.on_cpu else "cuda"
+        output = cfg.output or default_output(model, device, f"sweep-{sweep[0]}")
         text = sweep_summary(report)
     else:
         report = run_benchmark(cfg)
-        output = args.output or default_output(model, report["machine"]["device"])
+        output = cfg.output or default_output(model, report["machine"]["device"])
         text = summary(report)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:

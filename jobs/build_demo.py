@@ -3,17 +3,18 @@
 SmolLM2 reranker from its GGUF, pydoc corpus / queries / qrels / pairs, captioned images; each group is
 stamped with its recipe and skipped when up to date, so re-running is cheap.
 
-    python -m jobs.build_demo --out .demo [--force] [--check]
+    python -m jobs.build_demo --output .demo [--force] [--check]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
+from jobs.cli import SettingsParser
 from jobs.demo_assets import DemoAssets, build_demo
+from schemas.settings import setting
 
 
 def _check(assets: DemoAssets) -> None:
@@ -26,18 +27,31 @@ def _check(assets: DemoAssets) -> None:
         print(f"check: {s:.4f}  {query!r} / {doc!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+@dataclass(frozen=True, kw_only=True)
+class BuildDemoConfig:
+    output: str = setting(".demo", help="directory the assets are written under")
+    force: bool = setting(False, help="rebuild even the assets whose stamps match")
+    check: bool = setting(False, help="score two sanity pairs with the built reranker")
+
+    def validate(self) -> BuildDemoConfig:
+        return self
+
+
+def build_parser() -> SettingsParser:
+    return SettingsParser(
+        BuildDemoConfig,
+        ray=False,
         prog="python -m jobs.build_demo",
         description="Build the offline demo assets (SmolLM2 reranker, pydoc corpus/queries/qrels/pairs, images).",
     )
-    parser.add_argument("--out", default=".demo", help="directory the assets are written under")
-    parser.add_argument("--force", action="store_true", help="rebuild even the assets whose stamps match")
-    parser.add_argument("--check", action="store_true", help="score two sanity pairs with the built reranker")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    cfg = parser.config(parser.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    assets = build_demo(args.out, force=args.force)
-    if args.check:
+    assets = build_demo(cfg.output, force=cfg.force)
+    if cfg.check:
         _check(assets)
     for name, path in asdict(assets).items():
         print(f"{name}: {path}")

@@ -28,14 +28,14 @@ class SettingsParser(argparse.ArgumentParser):
     """An ArgumentParser that knows which flag sets which config field, to build the config back and to
     name the flag in a SettingError."""
 
-    def __init__(self, config_cls: type, **kwargs: Any):
+    def __init__(self, config_cls: type, *, ray: bool = True, **kwargs: Any):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(**kwargs)
         self.config_cls = config_cls
         self.flags: dict[tuple[str, ...], str] = {}  # field path -> flag
-        self.defaults_by_flag: dict[str, Any] = {}  # flag -> the field's default (MISSING: required)
         _add_fields(self, self, config_cls, prefix="", path=())
-        self.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
+        if ray:
+            self.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
 
     def config(self, args: argparse.Namespace) -> Any:
         return _build(self.config_cls, args, ())
@@ -44,20 +44,24 @@ class SettingsParser(argparse.ArgumentParser):
         return self.flags.get(path, ".".join(path))
 
 
-def _add_fields(parser: SettingsParser, group: Any, cls: type, prefix: str, path: tuple[str, ...]) -> None:
+def _add_fields(
+    parser: SettingsParser, group: Any, cls: type, prefix: str, path: tuple[str, ...], defaults: Any = None
+) -> None:
+    """Add a flag per leaf field of `cls`. `defaults`: the instance a nested spec defaults to, when the job
+    gives one (a job may supply a value for a field its spec leaves required, e.g. the benchmark's model)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         kind = hints[f.name]
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
         if is_dataclass(kind):
-            title = f.metadata.get("group") or f.metadata["help"]
-            sub = parser.add_argument_group(title)
-            _add_fields(parser, sub, kind, prefix + (f.metadata.get("prefix") or ""), (*path, f.name))
+            sub = parser.add_argument_group(f.metadata.get("group") or f.metadata["help"])
+            nested = default if default is not MISSING else None
+            _add_fields(parser, sub, kind, prefix + (f.metadata.get("prefix") or ""), (*path, f.name), nested)
             continue
         flag = "--" + prefix + (f.metadata.get("flag") or f.name.replace("_", "-"))
         dest = "__".join((*path, f.name))
-        group.add_argument(flag, dest=dest, **_argparse_kwargs(f, kind))
+        group.add_argument(flag, dest=dest, **_argparse_kwargs(f, kind, default))
         parser.flags[(*path, f.name)] = flag
-        parser.defaults_by_flag[flag] = _default(f)
 
 
 def _default(f: Field) -> Any:
@@ -68,17 +72,16 @@ def _default(f: Field) -> Any:
     return MISSING
 
 
-def _argparse_kwargs(f: Field, kind: Any) -> dict[str, Any]:
+def _argparse_kwargs(f: Field, kind: Any, default: Any) -> dict[str, Any]:
     meta = f.metadata
-    default = _default(f)
     kwargs: dict[str, Any] = {"help": meta["help"]}
     base = _strip_none(kind)
     if meta.get("action"):
         kwargs["action"] = meta["action"]
     elif base is bool:
         kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
-    elif typing.get_origin(base) is Literal:
-        kwargs["choices"] = typing.get_args(base)
+    elif typing.get_origin(base) is Literal or "choices" in meta:
+        kwargs["choices"] = meta.get("choices") or typing.get_args(base)
     elif typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
         kwargs["type"] = meta.get("parse") or _comma_list(item)

@@ -15,16 +15,17 @@ import pyarrow as pa
 
 from jobs.demo_assets.pydoc_corpus import questions_and_words
 from schemas import columns as c
+from schemas.settings import setting
 
 
 @dataclass(frozen=True)
 class LengthSpec:
     """Document length distribution, in words (the pair's token count is reported after tokenising)."""
 
-    median_words: float = 20.0
-    sigma: float = 1.1
-    min_words: int = 3
-    max_words: int = 360
+    median_words: float = setting(20.0, help="median document length, in words")
+    sigma: float = setting(1.1, help="lognormal shape of document lengths")
+    min_words: int = setting(3, help="shortest document, in words")
+    max_words: int = setting(360, help="longest document, in words")
 
     def validate(self) -> LengthSpec:
         if not 1 <= self.min_words <= self.median_words <= self.max_words:

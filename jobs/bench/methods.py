@@ -159,11 +159,11 @@ class TimedRerankWorker(RerankWorker):
     named clock actor, so start-up and steady-state scoring can be told apart on any cluster. Warms the
     model up with one pair while starting, as a long-running job's first block would."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, torch_threads=None):
         import ray
 
         started = time.time()
-        super().__init__(spec)
+        super().__init__(spec, torch_threads)
         self.score_batch([("warm-up query", "warm-up document")])
         self._clock = ray.get_actor(CLOCK_NAME, namespace=CLOCK_NAMESPACE)
         ray.get(self._clock.record.remote("ready", started, time.time(), 0, 0.0, os.nice(0)))

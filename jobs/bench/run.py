@@ -14,12 +14,13 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from actors.fast_paths import apply_fast_paths
+from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder, resolve_device_and_dtype
 from jobs.bench import methods as bm
 from jobs.bench.data import (
@@ -29,92 +30,114 @@ from jobs.bench.data import (
     skewed_pairs,
     text_pairs,
 )
-from jobs.bench.models import flops_per_pair, peak_tflops
+from jobs.bench.models import MODEL_CONFIGS, flops_per_pair, peak_tflops
 from pipelines.rerank import RerankConfig
 from pipelines.run_info import library_versions
 from schemas import columns as c
+from schemas.settings import SettingError, at_least, setting, validate_nested
 
 METHODS = ("rank_loop", "predict", "bare_forward", "pipeline")
 TARGETS = {"padding_efficiency": 0.95, "pipeline_vs_bare_forward": 0.9, "pipeline_vs_rank_loop": 1.5}
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """One benchmark run; `jobs.benchmark` maps its flags onto it one to one."""
+DEMO_RERANKER = "demo"  # --model default: the SmolLM2-135M demo reranker, built under --demo-dir if missing
+GPU_PAIRS, GPU_FAST_PATH_PAIRS = 16384, 2048  # a set large enough to keep a GPU busy for a while
+CPU_PAIRS, CPU_FAST_PATH_PAIRS = 160, 32  # 10 queries x 16: three rounds in ~10 min on 2 cores (SmolLM2)
 
-    model: str
-    pairs: int = 160  # 10 queries x 16: three rounds of all methods in ~10 min on 2 CPU cores (SmolLM2-135M)
-    per_query: int = 16  # candidates per query
-    pair_tokens: int | None = None  # every pair exactly this many tokens, instead of the skewed lengths
-    lengths: LengthSpec = field(default_factory=LengthSpec)  # the skewed document length distribution
-    rounds: int = 3  # every method runs once per round; medians over rounds
-    seed: int = 0
-    prompt: str | None = None
-    max_length: int | None = None
-    batch_tokens: int = RerankConfig.batch_tokens
-    block_rows: int = RerankConfig.block_rows
-    actors: int = RerankConfig.actors
-    cpus_per_actor: float = RerankConfig.cpus_per_actor
-    gpus_per_actor: float | None = None
-    torch_threads: int | None = None  # default: every core on CPU (driver and actors)
-    device: str | None = None  # default: cuda when available, else cpu
-    dtype: str = "auto"
-    score_path: str = "logit"  # the path (c) and (d) score with; (a) and (b) are always the library's own
-    fp32_head: bool = False
-    prefix_reuse: bool = False
-    attn_implementation: str | None = None
-    fast_paths: bool = True  # also time each exact fast path against the default path, in-process
-    fast_path_pairs: int = 32  # per fast path and round; whole queries (2 x 16) for prefix reuse
-    peak_tflops: float | None = None  # accelerator peak for MFU (default: datasheet table by GPU name)
-    work_dir: str | None = None  # pairs Parquet and pipeline outputs (default: a temporary directory)
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """One benchmark run; `jobs.benchmark` generates one flag per field (the reranker and pool as in
+    `jobs.rerank`)."""
+
+    reranker: RerankerSpec = setting(
+        default_factory=lambda: RerankerSpec(model=DEMO_RERANKER),
+        help="reranker (the score path (c) and (d) use; (a) and (b) are always the library's own)",
+    )
+    pool: PoolSpec = setting(
+        default_factory=PoolSpec,
+        help="pipeline actor pool (torch threads default to every core on CPU, driver and actors)",
+    )
+    model_config: str | None = setting(
+        None,
+        choices=tuple(MODEL_CONFIGS),
+        help="instead of --model, a random-weight reranker with this published shape (qwen3-0.6b = "
+        "Qwen3-Reranker-0.6B: hidden 1024, 28 layers, 16/8 heads, head_dim 128, MLP 3072, vocab 151669), "
+        "tokenised like the demo reranker; its speed is the real model's, its scores mean nothing",
+    )
+    demo_dir: str = setting(".demo", help="where the demo reranker is built or found")
+    num_pairs: int | None = setting(
+        None, help=f"pairs in the benchmark set (default: {CPU_PAIRS} on CPU, {GPU_PAIRS} on GPU)"
+    )
+    per_query: int = setting(16, help="candidates per query")
+    pair_tokens: int | None = setting(
+        None,
+        help="make every pair exactly N tokens (e.g. 512 for the GPU roofline) instead of skewed lengths",
+    )
+    lengths: LengthSpec = setting(default_factory=LengthSpec, help="document lengths (skewed, lognormal)")
+    rounds: int = setting(3, help="rounds; every method runs once per round, medians over rounds")
+    seed: int = setting(0, help="seed of the pairs set")
+    fast_paths: bool = setting(True, help="also time each exact fast path against the default path")
+    fast_path_pairs: int | None = setting(
+        None,
+        help=f"pairs each fast path is timed on (default: {CPU_FAST_PATH_PAIRS} on CPU, "
+        f"{GPU_FAST_PATH_PAIRS} on GPU)",
+    )
+    peak_tflops: float | None = setting(
+        None, help="accelerator peak for MFU (default: the datasheet figure for the GPU's name)"
+    )
+    work_dir: str | None = setting(None, help="pairs Parquet and pipeline outputs (default: a temp dir)")
+    output: str | None = setting(
+        None, help="JSON report path (default: bench/benchmark-<model>-<device>-<time>.json)"
+    )
+    sweep: str | None = setting(
+        None,
+        metavar="NAME=V1,V2,...",
+        help="instead of the comparison, time one setting's values side by side: batch_tokens or min_fill "
+        "(on the bare forward), block_rows or actors (on the pipeline); e.g. batch_tokens=2048,4096,16384",
+    )
 
     def validate(self) -> BenchConfig:
-        if self.pairs < 2 or self.rounds < 1 or self.fast_path_pairs < 2:
-            raise ValueError(f"need pairs >= 2, rounds >= 1, fast_path_pairs >= 2; got {self}")
-        self.rerank_config().validate()
-        self.lengths.validate()
+        at_least(self, 2, "num_pairs", "fast_path_pairs")
+        at_least(self, 1, "rounds", "per_query", "pair_tokens")
+        if self.model_config is not None and self.reranker.model != DEMO_RERANKER:
+            raise SettingError("model_config", "pass --model or --model-config, not both")
+        if self.reranker.model != DEMO_RERANKER:
+            validate_nested(self)
+        else:
+            self.pool.validate()
+            self.lengths.validate()
         return self
 
-    def spec(self, **fast) -> RerankerSpec:
-        fields = dict(score_path=self.score_path, fp32_head=self.fp32_head, prefix_reuse=self.prefix_reuse)
-        fields.update(fast)
-        return RerankerSpec(
-            model=self.model,
-            prompt=self.prompt,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            dtype=self.dtype,
-            device=self.device,
-            torch_threads=self.threads,
-            attn_implementation=self.attn_implementation,
-            **fields,
+    @property
+    def on_cpu(self) -> bool:
+        device = self.reranker.device
+        return device == "cpu" or (device is None and not _cuda_available())
+
+    def resolved(self, model: str) -> BenchConfig:
+        """This config with `model` as the reranker and the per-device defaults filled in."""
+        return replace(
+            self,
+            reranker=replace(self.reranker, model=model),
+            num_pairs=self.num_pairs or (CPU_PAIRS if self.on_cpu else GPU_PAIRS),
+            fast_path_pairs=self.fast_path_pairs
+            or (CPU_FAST_PATH_PAIRS if self.on_cpu else GPU_FAST_PATH_PAIRS),
         )
+
+    def spec(self, **fast) -> RerankerSpec:
+        return replace(self.reranker, **fast)
 
     @property
     def threads(self) -> int | None:
-        on_cpu = self.device == "cpu" or (self.device is None and not _cuda_available())
-        return self.torch_threads or (os.cpu_count() if on_cpu else None)
+        return self.pool.torch_threads or (os.cpu_count() if self.on_cpu else None)
 
     def rerank_config(self) -> RerankConfig:
-        on_cpu = self.device == "cpu" or (self.device is None and not _cuda_available())
-        return RerankConfig(
-            pairs="",
-            model=self.model,
-            output="",
-            prompt=self.prompt,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            block_rows=self.block_rows,
-            actors=self.actors,
-            cpus_per_actor=self.cpus_per_actor,
-            gpus_per_actor=0.0 if on_cpu else self.gpus_per_actor,
+        pool = replace(
+            self.pool,
+            gpus_per_actor=0.0 if self.on_cpu else self.pool.gpus_per_actor,
             torch_threads=self.threads,
-            dtype=self.dtype,
-            score_path=self.score_path,
-            fp32_head=self.fp32_head,
-            prefix_reuse=self.prefix_reuse,
-            attn_implementation=self.attn_implementation,
         )
+        return RerankConfig(pairs="", output="", reranker=self.reranker, pool=pool)
 
 
 def _cuda_available() -> bool:
@@ -124,7 +147,7 @@ def _cuda_available() -> bool:
 
 
 def run_benchmark(cfg: BenchConfig) -> dict:
-    """Run every method `cfg.rounds` times, interleaved; return the report (see docs/benchmark.md).
+    """Run every method `cfg.rounds` times, interleaved; return the report (README, Throughput).
     Assumes `ray.init` was called (the pipeline method needs a cluster)."""
     import torch
 
@@ -133,14 +156,20 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     plain = load_cross_encoder(cfg.spec(score_path="logit", fp32_head=False, prefix_reuse=False))
-    prompt = cfg.prompt if cfg.prompt is not None else plain.prompts.get(plain.default_prompt_name or "")
-    table = skewed_pairs(cfg.pairs, cfg.per_query, cfg.lengths, cfg.seed)
+    prompt = (
+        cfg.reranker.prompt
+        if cfg.reranker.prompt is not None
+        else plain.prompts.get(plain.default_prompt_name or "")
+    )
+    table = skewed_pairs(cfg.num_pairs, cfg.per_query, cfg.lengths, cfg.seed)
     if cfg.pair_tokens:
         table = fit_documents_to_tokens(table, plain, cfg.pair_tokens)
-    work = bm.Workload.build(table, plain, prompt, cfg.batch_tokens, cfg.block_rows)
+    work = bm.Workload.build(table, plain, prompt, cfg.reranker.batch_tokens, cfg.pool.block_rows)
     fast = plain
-    if (cfg.score_path, cfg.fp32_head) != ("logit", False):
-        fast = apply_fast_paths(load_cross_encoder(cfg.spec()), cfg.score_path, cfg.fp32_head)
+    if (cfg.reranker.score_path, cfg.reranker.fp32_head) != ("logit", False):
+        fast = apply_fast_paths(
+            load_cross_encoder(cfg.spec()), cfg.reranker.score_path, cfg.reranker.fp32_head
+        )
     prepared = bm.tokenise_micro_batches(fast, work, prompt)
 
     root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-bench-")
@@ -240,7 +269,7 @@ def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: di
     dtype_name = str(dtype).removeprefix("torch.")
     config = plain[0].model.config
     n, real = len(work.pairs), int(work.lengths.sum())
-    flops = float(sum(flops_per_pair(config, int(t), cfg.score_path) for t in work.lengths))
+    flops = float(sum(flops_per_pair(config, int(t), cfg.reranker.score_path) for t in work.lengths))
     reference = runs["predict"][0].scores
     methods = {name: _summary(runs[name], n, real, reference, flops) for name in METHODS}
     pipe = methods["pipeline"]
@@ -281,7 +310,7 @@ def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: di
             "peak_tflops": peak,
         },
         "versions": library_versions(),
-        "settings": {**asdict(cfg), "resolved_dtype": dtype_name, "resolved_prompt": prompt},
+        "settings": {**_flat(cfg), "resolved_dtype": dtype_name, "resolved_prompt": prompt},
         "workload": {
             "pairs": n,
             "queries": len(work.queries),
@@ -347,3 +376,9 @@ def _fast_path_report(runs: dict, variants: dict, plain, prompt) -> dict:
             "mean_tokens_per_pair": runs[name][0].extra["real_tokens"] / table.num_rows,
         }
     return out
+
+
+def _flat(cfg: BenchConfig) -> dict:
+    """The settings as one flat dict (reranker and pool fields at the top), for the report."""
+    out = {k: v for k, v in asdict(cfg).items() if k not in ("reranker", "pool")}
+    return {**asdict(cfg.reranker), **asdict(cfg.pool), **out}

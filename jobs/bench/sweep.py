@@ -48,18 +48,22 @@ def run_sweep(cfg: BenchConfig, name: str, values: list) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_cross_encoder(cfg.spec())
-    prompt = cfg.prompt if cfg.prompt is not None else model.prompts.get(model.default_prompt_name or "")
-    table = skewed_pairs(cfg.pairs, cfg.per_query, cfg.lengths, cfg.seed)
-    work = bm.Workload.build(table, model, prompt, cfg.batch_tokens, cfg.block_rows)
+    prompt = (
+        cfg.reranker.prompt
+        if cfg.reranker.prompt is not None
+        else model.prompts.get(model.default_prompt_name or "")
+    )
+    table = skewed_pairs(cfg.num_pairs, cfg.per_query, cfg.lengths, cfg.seed)
+    work = bm.Workload.build(table, model, prompt, cfg.reranker.batch_tokens, cfg.pool.block_rows)
     runs: dict = {v: [] for v in values}
     root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-sweep-")
     try:
         if SWEEPABLE[name] == "bare_forward":
             variants = {}
             for v in values:
-                tokens = int(v) if name == "batch_tokens" else cfg.batch_tokens
+                tokens = int(v) if name == "batch_tokens" else cfg.reranker.batch_tokens
                 fill = float(v) if name == "min_fill" else PACK_MIN_FILL
-                packed = work.repacked(tokens, cfg.block_rows, fill)
+                packed = work.repacked(tokens, cfg.pool.block_rows, fill)
                 variants[v] = (packed, bm.tokenise_micro_batches(model, packed, prompt))
             bm.bare_forward(model, work, variants[values[0]][1][:1])  # warm-up
             call = {v: (lambda v=v: bm.bare_forward(model, variants[v][0], variants[v][1])) for v in values}
@@ -111,18 +115,20 @@ def _pipeline_with(
     rcfg = cfg.rerank_config()
     if name == "actors":
         cores = os.cpu_count() or 1
-        on_gpu = bool(rcfg.gpus_per_actor)
-        rcfg = dataclasses.replace(
-            rcfg,
+        pool = rcfg.pool
+        on_gpu = bool(pool.gpus_per_actor)
+        pool = dataclasses.replace(
+            pool,
             actors=int(value),
             torch_threads=None if on_gpu else max(1, cores // int(value)),
             # leave a core to Ray's read and write tasks, or the actors starve them
-            cpus_per_actor=rcfg.cpus_per_actor
+            cpus_per_actor=pool.cpus_per_actor
             if on_gpu
-            else min(rcfg.cpus_per_actor, max(cores - 1, 1) / int(value)),
+            else min(pool.cpus_per_actor, max(cores - 1, 1) / int(value)),
         )
     else:
-        rcfg = dataclasses.replace(rcfg, block_rows=int(value))
+        pool = dataclasses.replace(rcfg.pool, block_rows=int(value))
+    rcfg = dataclasses.replace(rcfg, pool=pool)
     out = os.path.join(root, f"pipeline-{name}-{value}")
     try:
         return bm.pipeline(rcfg, work, pairs_dir, out)

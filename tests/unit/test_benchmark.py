@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from actors.reranker import RerankerSpec
 from jobs.bench import methods as bench_methods
 from jobs.bench.data import LengthSpec, fit_documents_to_tokens, skewed_pairs, text_pairs
 from jobs.bench.models import MODEL_CONFIGS, flops_per_pair, peak_tflops
@@ -68,7 +69,7 @@ def _in_process_pipeline(rcfg, work, pairs_dir, output):
 
     from actors.reranker import RerankWorker
 
-    timed = bench_methods.worker_variant(RerankWorker(rcfg.spec()), pq.read_table(pairs_dir))
+    timed = bench_methods.worker_variant(RerankWorker(rcfg.reranker), pq.read_table(pairs_dir))
     timed.extra = {"wall_s": 2.0, "startup_s": 1.0, "excl_startup_s": 1.0, "scoring_span_s": timed.seconds}
     return timed
 
@@ -76,13 +77,11 @@ def _in_process_pipeline(rcfg, work, pairs_dir, output):
 def test_report_has_the_figures_and_scores_equal_predict(qwen3_causal, tmp_path, monkeypatch):
     monkeypatch.setattr(bench_methods, "pipeline", _in_process_pipeline)
     cfg = BenchConfig(
-        model=str(qwen3_causal),
-        pairs=24,
+        reranker=RerankerSpec(model=str(qwen3_causal), batch_tokens=1024, device="cpu"),
+        num_pairs=24,
         per_query=6,
         rounds=1,
         fast_path_pairs=12,
-        batch_tokens=1024,
-        device="cpu",
         work_dir=str(tmp_path),
     )
     report = json.loads(json.dumps(run_benchmark(cfg), default=str))

@@ -20,23 +20,29 @@ JOBS = ["rerank", "refresh", "evaluate", "benchmark", "demo", "build_demo"]
 SPECS = (RerankerSpec, EmbedderSpec, MediaSpec, PoolSpec)
 
 
-def expected_flags(cls: type, prefix: str = "", owner: type | None = None):
+def field_default(f):
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def expected_flags(cls: type, prefix: str = "", owner: type | None = None, given=None):
     """(flag, default, spec class that owns the field) for every leaf setting of `cls`, by the naming rule
-    the README documents: `--` + the nested spec's prefix + the field's flag name."""
+    the README documents: `--` + the nested spec's prefix + the field's flag name. A setting's default is
+    its spec's own; only a field the spec leaves required may take a value from the job (`given`)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
-        kind = hints[f.name]
+        kind, own = hints[f.name], field_default(f)
+        if given is not None and own is MISSING:
+            own = getattr(given, f.name)
         if is_dataclass(kind):
-            yield from expected_flags(kind, prefix + (f.metadata.get("prefix") or ""), kind)
+            nested = own if own is not MISSING else None
+            yield from expected_flags(kind, prefix + (f.metadata.get("prefix") or ""), kind, nested)
             continue
-        if f.default is not MISSING:
-            default = f.default
-        elif f.default_factory is not MISSING:
-            default = f.default_factory()
-        else:
-            default = MISSING
         name = f.metadata.get("flag") or f.name.replace("_", "-")
-        yield "--" + prefix + name, default, owner or cls
+        yield "--" + prefix + name, own, owner or cls
 
 
 def parser_of(job: str) -> SettingsParser:
@@ -58,7 +64,9 @@ def test_every_flag_default_is_its_fields_and_help_lists_every_field(job):
             assert action.required, f"jobs.{job} {flag} has no default, so it must be required"
         else:
             assert action.default == default, f"jobs.{job} {flag}: default {action.default!r} != {default!r}"
-    generated = {flag for flag, _, _ in expected_flags(parser.config_cls)} | {"--ray-address", "--help", "-h"}
+    generated = {"--ray-address", "--help", "-h"}
+    for flag, default, _ in expected_flags(parser.config_cls):
+        generated |= {flag, "--no-" + flag[2:]} if default is True else {flag}
     assert set(actions) <= generated, f"jobs.{job} has hand-made flags {set(actions) - generated}"
 
 
