@@ -15,8 +15,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from actors.element_inputs import build_elements
 from actors.model_source import materialize
 from actors.model_spec import ModelSpec, resolve_device_and_dtype
+from actors.rows import RowErrors, isolate_failures, replace_columns
 from actors.token_budget import pack_by_tokens
 from schemas import columns as c
 from schemas.settings import SettingError, setting
@@ -141,23 +143,20 @@ class EmbedWorker:
         return np.asarray(out, dtype=np.float32).reshape(len(inputs), self.dim)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from actors.element_inputs import build_elements
-
         n = table.num_rows
         out = _Output(
             vectors=np.zeros((n, self.dim), dtype=np.float32),
             have=np.zeros(n, dtype=bool),
             tokens=np.zeros(n, dtype=np.int64),
-            errors=_column_or_nulls(table, c.ROW_ERROR),
-            stages=_column_or_nulls(table, c.ROW_STAGE),
+            errors=RowErrors(table, "embed"),
         )
         for i, vector in _known_embeddings(table, self.dim).items():
-            if out.errors[i] is None:
+            if out.errors.ok(i):
                 out.vectors[i], out.have[i] = vector, True
-        todo = [i for i in range(n) if out.errors[i] is None and not out.have[i]]
+        todo = [i for i in range(n) if out.errors.ok(i) and not out.have[i]]
         inputs, build_errors = build_elements(table, self.prefix, todo, self.model)
         for i, reason in build_errors.items():
-            out.fail(i, reason)
+            out.errors.fail(i, reason)
         rows = np.asarray([i for i in todo if i not in build_errors], dtype=np.int64)
         groups: dict = {}
         for k, item in enumerate(inputs):
@@ -168,9 +167,9 @@ class EmbedWorker:
 
     def _embed_group(self, inputs: list, targets: np.ndarray, out: _Output) -> None:
         """Inputs of one modality: lengths, then length-sorted micro-batches under the token budget."""
-        lengths, bad = _isolating(self.token_lengths, inputs, "preprocessing")
+        lengths, bad = isolate_failures(self.token_lengths, inputs, "preprocessing failed", 0)
         for k, reason in bad.items():
-            out.fail(targets[k], reason)
+            out.errors.fail(targets[k], reason)
         ok = np.asarray([k for k in range(len(inputs)) if k not in bad], dtype=np.int64)
         for batch in pack_by_tokens(lengths[ok], self.spec.batch_tokens):
             picked = ok[batch.rows]
@@ -179,16 +178,13 @@ class EmbedWorker:
 
     def _embed_into(self, inputs: list, targets: np.ndarray, out: _Output) -> None:
         """Embed one micro-batch; if it raises, embed its rows one by one so one bad input is one error row."""
-        try:
-            out.vectors[targets], out.have[targets] = self.embed_batch(inputs), True
-            return
-        except Exception:
-            pass  # fall through: isolate the failing rows below
-        for target, item in zip(targets, inputs, strict=True):
-            try:
-                out.vectors[target], out.have[target] = self.embed_batch([item])[0], True
-            except Exception as exc:  # one unembeddable input becomes one error row
-                out.fail(target, _reason("embedding failed", exc))
+        zeros = np.zeros(self.dim, dtype=np.float32)
+        vectors, bad = isolate_failures(self.embed_batch, inputs, "embedding failed", zeros)
+        for k, target in enumerate(targets):
+            if k in bad:
+                out.errors.fail(target, bad[k])
+            else:
+                out.vectors[target], out.have[target] = vectors[k], True
 
 
 @dataclass
@@ -198,24 +194,14 @@ class _Output:
     vectors: np.ndarray
     have: np.ndarray
     tokens: np.ndarray
-    errors: list
-    stages: list
-
-    def fail(self, row: int, reason: str) -> None:
-        self.errors[row], self.stages[row] = reason, "embed"
+    errors: RowErrors
 
     def to_table(self, table: pa.Table, dim: int) -> pa.Table:
-        valid = self.have & np.asarray([e is None for e in self.errors], dtype=bool)
+        valid = self.have & np.asarray([self.errors.ok(i) for i in range(len(self.have))], dtype=bool)
         flat = pa.array(self.vectors.reshape(-1), pa.float32())
         embedding = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~valid))
-        drop = [x for x in (c.EMBEDDING, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS) if x in table.column_names]
-        return (
-            table.drop_columns(drop)
-            .append_column(c.EMBEDDING, embedding)
-            .append_column(c.ROW_ERROR, pa.array(self.errors, pa.string()))
-            .append_column(c.ROW_STAGE, pa.array(self.stages, pa.string()))
-            .append_column(c.ROW_TOKENS, pa.array(self.tokens))
-        )
+        columns = {c.EMBEDDING: embedding, **self.errors.columns(), c.ROW_TOKENS: pa.array(self.tokens)}
+        return replace_columns(table, columns)
 
 
 def _modality_of(item) -> str | tuple[str, ...]:
@@ -243,24 +229,6 @@ def _patch_size(model) -> int:
     return int(getattr(vision, "patch_size", None) or getattr(config, "patch_size", None) or 14)
 
 
-def _isolating(fn, inputs: list, what: str) -> tuple[np.ndarray, dict[int, str]]:
-    try:
-        return fn(inputs), {}
-    except Exception:
-        lengths = np.zeros(len(inputs), dtype=np.int64)
-        bad: dict[int, str] = {}
-        for k, item in enumerate(inputs):
-            try:
-                lengths[k] = fn([item])[0]
-            except Exception as exc:  # one bad input becomes one error row
-                bad[k] = _reason(f"{what} failed", exc)
-        return lengths, bad
-
-
-def _reason(what: str, exc: BaseException) -> str:
-    return f"{what}: {type(exc).__name__}: {exc}".splitlines()[0]
-
-
 def _known_embeddings(table: pa.Table, dim: int) -> dict[int, np.ndarray]:
     """Rows that arrive with an embedding (reused from an earlier night), as {row: vector}."""
     if c.EMBEDDING not in table.column_names:
@@ -275,9 +243,3 @@ def _known_embeddings(table: pa.Table, dim: int) -> dict[int, np.ndarray]:
     valid = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
     matrix = values.reshape(len(valid), dim)
     return {int(i): matrix[k] for k, i in enumerate(valid)}
-
-
-def _column_or_nulls(table: pa.Table, name: str) -> list:
-    if name in table.column_names:
-        return table.column(name).to_pylist()
-    return [None] * table.num_rows

@@ -17,9 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from actors.fast_paths import SCORE_PATHS, PrefixReuse, ScorePath, apply_fast_paths, finish_scores
+from actors.media_loader import PAYLOAD_COLUMNS
 from actors.model_source import materialize
 from actors.model_spec import ModelSpec, resolve_device_and_dtype
 from actors.pair_inputs import build_pairs
+from actors.rows import RowErrors, column_or_nulls, isolate_failures, replace_columns
 from actors.token_budget import MicroBatch, pack_by_groups, pack_by_tokens
 from schemas import columns as c
 from schemas.settings import one_of, setting
@@ -27,7 +29,7 @@ from schemas.settings import one_of, setting
 LENGTH_PROBE_ROWS = 256
 BASELINE_BATCH_ROWS = 32  # CrossEncoder.predict's default batch size, for the padding baseline
 # A row joins a micro-batch only if it is >= 90% as long as the batch's longest: on skewed lengths this
-# lifts padding efficiency from ~0.86 to ~0.95 at the default budget (measured in docs/benchmark.md).
+# keeps padding efficiency near 0.95 at the default budget (README, "Throughput": 0.96 on skewed pairs).
 PACK_MIN_FILL = 0.9
 
 
@@ -178,27 +180,26 @@ class RerankWorker:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         n = table.num_rows
-        errors = _column_or_nulls(table, c.ROW_ERROR)
-        stages = _column_or_nulls(table, c.ROW_STAGE)
+        errors = RowErrors(table, "score")
         scores = np.full(n, np.nan, dtype=np.float32)
         tokens = np.zeros(n, dtype=np.int64)
         padded = np.zeros(n, dtype=np.int64)
         unsorted_padded = np.zeros(n, dtype=np.int64)
 
-        cached = _column_or_nulls(table, c.ROW_CACHED_SCORE)
+        cached = column_or_nulls(table, c.ROW_CACHED_SCORE)
         for i, value in enumerate(cached):
-            if value is not None and errors[i] is None:
+            if value is not None and errors.ok(i):
                 scores[i] = value
-        todo = [i for i in range(n) if errors[i] is None and cached[i] is None]
+        todo = [i for i in range(n) if errors.ok(i) and cached[i] is None]
         pairs, build_errors = build_pairs(table, todo, self.model)
         for i, reason in build_errors.items():
-            errors[i], stages[i] = reason, "score"
+            errors.fail(i, reason)
         rows = np.asarray([i for i in todo if i not in build_errors], dtype=np.int64)
 
         if len(pairs):
-            lengths, bad = self._lengths_isolating_failures(pairs)
+            lengths, bad = isolate_failures(self.token_lengths, pairs, "preprocessing failed", 0)
             for k, reason in bad.items():
-                errors[rows[k]], stages[rows[k]] = reason, "score"
+                errors.fail(rows[k], reason)
             ok = np.asarray([k for k in range(len(pairs)) if k not in bad], dtype=np.int64)
             ok_pairs = [pairs[k] for k in ok]
             if self.prefix is not None:  # micro-batches never mix queries, so each shares one prefix
@@ -209,71 +210,39 @@ class RerankWorker:
             for start in range(0, len(ok), BASELINE_BATCH_ROWS):
                 chunk = ok[start : start + BASELINE_BATCH_ROWS]
                 unsorted_padded[rows[chunk]] = lengths[chunk].max()
-            for batch, batch_scores in self._score_isolating_failures(ok_pairs, batches):
+            for batch, batch_scores, failed in self._score_isolating_failures(ok_pairs, batches):
                 targets = rows[ok[batch.rows]]
-                for target, value in zip(targets, batch_scores, strict=True):
-                    if isinstance(value, str):
-                        errors[target], stages[target] = value, "score"
-                    else:
-                        scores[target] = value
+                scores[targets] = np.asarray(batch_scores, dtype=np.float32).reshape(len(targets))
+                for k, reason in failed.items():
+                    errors.fail(targets[k], reason)
                 tokens[targets] = lengths[ok[batch.rows]]
                 padded[targets] = batch.padded_length
 
         # Decoded media stay here: the scored rows carry the references, not the pixels.
-        out = table.drop_columns([n for n in table.column_names if n in _MEDIA_PAYLOADS])
-        for name in (c.SCORE, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS, c.ROW_PADDED, c.ROW_UNSORTED_PADDED):
-            if name in out.column_names:
-                out = out.drop_columns([name])
-        score_mask = np.asarray([e is not None for e in errors]) | np.isnan(scores)
-        return (
-            out.append_column(c.SCORE, pa.array(scores, pa.float32(), mask=score_mask))
-            .append_column(c.ROW_ERROR, pa.array(errors, pa.string()))
-            .append_column(c.ROW_STAGE, pa.array(stages, pa.string()))
-            .append_column(c.ROW_TOKENS, pa.array(tokens))
-            .append_column(c.ROW_PADDED, pa.array(padded))
-            .append_column(c.ROW_UNSORTED_PADDED, pa.array(unsorted_padded))
+        out = table.drop_columns([name for name in table.column_names if name in PAYLOAD_COLUMNS])
+        score_mask = ~np.asarray([errors.ok(i) for i in range(n)], dtype=bool) | np.isnan(scores)
+        return replace_columns(
+            out,
+            {
+                c.SCORE: pa.array(scores, pa.float32(), mask=score_mask),
+                **errors.columns(),
+                c.ROW_TOKENS: pa.array(tokens),
+                c.ROW_PADDED: pa.array(padded),
+                c.ROW_UNSORTED_PADDED: pa.array(unsorted_padded),
+            },
         )
 
-    def _lengths_isolating_failures(self, pairs: list) -> tuple[np.ndarray, dict[int, str]]:
-        try:
-            return self.token_lengths(pairs), {}
-        except Exception:
-            lengths = np.zeros(len(pairs), dtype=np.int64)
-            bad: dict[int, str] = {}
-            for k, pair in enumerate(pairs):
-                try:
-                    lengths[k] = self.token_lengths([pair])[0]
-                except Exception as exc:  # one unscorable pair becomes one error row
-                    bad[k] = f"preprocessing failed: {type(exc).__name__}: {exc}".splitlines()[0]
-            return lengths, bad
-
     def _score_isolating_failures(self, pairs: list, batches: list[MicroBatch]):
-        """Score all batches; if one raises, score the rows of the unfinished batches one by one so a
-        single bad pair becomes one error row and the rest of its batch is still scored."""
+        """Yield (batch, scores, {index in batch: reason}) for every batch. If scoring raises, each batch not
+        yet finished is scored again through `isolate_failures`: whole, and if that raises, pair by pair, so
+        a single bad pair becomes one error row and the rest of its batch is still scored."""
         done: set[int] = set()
         try:
             for batch, values in self.score_batches(pairs, batches):
                 done.add(id(batch))
-                yield batch, values
+                yield batch, values, {}
         except Exception:
             for batch in batches:
-                if id(batch) in done:
-                    continue
-                values: list = []
-                for i in batch.rows:
-                    try:
-                        values.append(float(self.score_batch([pairs[i]])[0]))
-                    except Exception as exc:  # isolate the bad pair, keep scoring the rest
-                        values.append(f"scoring failed: {type(exc).__name__}: {exc}".splitlines()[0])
-                yield batch, values
-
-
-_MEDIA_PAYLOADS = {
-    c.media_payload_column(f"{side}_{m}") for side in ("query", "candidate") for m in c.MEDIA_MODALITIES
-}
-
-
-def _column_or_nulls(table: pa.Table, name: str) -> list:
-    if name in table.column_names:
-        return table.column(name).to_pylist()
-    return [None] * table.num_rows
+                if id(batch) not in done:
+                    batch_pairs = [pairs[i] for i in batch.rows]
+                    yield batch, *isolate_failures(self.score_batch, batch_pairs, "scoring failed", np.nan)

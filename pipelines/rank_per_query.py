@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from pipelines.stages import Stage
 from schemas import columns as c
 from schemas.tables import RANKED_SCHEMA
 
-NEEDS = [c.QUERY_ID, c.CANDIDATE_ID, c.SCORE]
-ADDS = [c.RANK]
+RANK = Stage("rank_per_query", needs=(c.QUERY_ID, c.CANDIDATE_ID, c.SCORE), adds=(c.RANK,))
 
 
 def ranked_columns(schema_names: list[str]) -> list[str]:

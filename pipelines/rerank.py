@@ -18,9 +18,10 @@ from actors.media_loader import MEDIA_COLUMNS, MediaSpec, resolve_media
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import io
-from pipelines.rank_per_query import rank_group
+from pipelines.rank_per_query import RANK, rank_group
 from pipelines.run_info import library_versions, model_fingerprint
-from pipelines.validate_pairs import validate_pairs
+from pipelines.stages import MEDIA, SCORE, check_chain
+from pipelines.validate_pairs import VALIDATE, validate_pairs
 from schemas import columns as c
 from schemas.settings import SettingError, at_least, setting, validate_nested
 from schemas.tables import ERRORS_SCHEMA, InputError, check_pairs_schema
@@ -80,11 +81,19 @@ class OutputLayout:
         return io.join(self.root, self.manifest_name)
 
 
+# The stages `run_rerank` wires, in order. The media stage is skipped when no media column holds a value;
+# nothing after it needs its columns, so one chain covers both.
+RERANK_CHAIN = (VALIDATE, MEDIA, SCORE, RANK)
+
+
 def check_inputs(pairs: str) -> list[str]:
-    """Driver-side validation before any cluster work: files exist, every file's schema fits the contract."""
+    """Driver-side validation before any cluster work: files exist, every file's schema fits the contract
+    and feeds every stage of `RERANK_CHAIN` the columns it needs."""
     files = io.list_parquet(pairs)
     for f in files:
-        check_pairs_schema(io.read_schema(f), where=f)
+        schema = io.read_schema(f)
+        check_pairs_schema(schema, where=f)
+        check_chain(schema.names, RERANK_CHAIN, where=f)
     if io.count_rows(files) == 0:
         raise InputError(f"{pairs}: the input has no rows")
     return files

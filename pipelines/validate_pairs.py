@@ -5,11 +5,16 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.stages import Stage
 from schemas import columns as c
-from schemas.tables import normalize_pairs
+from schemas.tables import PAIRS_SCHEMA, normalize_pairs
 
-NEEDS = [c.QUERY_ID, c.CANDIDATE_ID]
-ADDS = [c.ROW_ERROR, c.ROW_STAGE]
+# Projecting onto PAIRS_SCHEMA adds every column of the contract (absent ones as nulls).
+VALIDATE = Stage(
+    "validate",
+    needs=(c.QUERY_ID, c.CANDIDATE_ID),
+    adds=(*PAIRS_SCHEMA.names, c.ROW_ERROR, c.ROW_STAGE),
+)
 
 
 def _has_content(table: pa.Table, cols: list[str]) -> pa.Array:
@@ -40,7 +45,7 @@ def validate_pairs(table: pa.Table) -> pa.Table:
         for i, bad in enumerate(mask.to_pylist()):
             if bad and reasons[i] is None:
                 reasons[i] = reason
-    stages = ["validate" if r is not None else None for r in reasons]
+    stages = [VALIDATE.name if r is not None else None for r in reasons]
     return table.append_column(c.ROW_ERROR, pa.array(reasons, pa.string())).append_column(
         c.ROW_STAGE, pa.array(stages, pa.string())
     )
