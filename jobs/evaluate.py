@@ -15,13 +15,12 @@ import sys
 from dataclasses import dataclass
 
 from jobs.cli import SettingsParser, run_job
+from pipelines.eval_runs import RunInputError, parse_run_spec
 from pipelines.evaluate import (
     DEFAULT_KS,
     METRICS_FILE,
-    RunInputError,
     check_output,
     format_summary,
-    parse_run_spec,
     prepare_evaluation,
     run_evaluation,
 )

@@ -15,7 +15,8 @@ import pytest
 import pytrec_eval
 from scipy import stats
 
-from pipelines.evaluate import RunInputError, evaluate_runs
+from pipelines.eval_runs import RunInputError
+from pipelines.evaluate import evaluate_runs
 from pipelines.metrics import metric_names
 
 REPO = Path(__file__).resolve().parents[2]

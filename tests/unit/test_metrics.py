@@ -234,7 +234,8 @@ def _document(run_values: dict[str, dict[str, float]]) -> dict:
     """metrics.json built from per-query nDCG-only values (other metrics 0), without Ray."""
     import pyarrow.fs as pafs
 
-    from pipelines.evaluate import EvaluationPlan, RunResult, RunSource, _metrics_document
+    from pipelines.eval_runs import RunSource
+    from pipelines.evaluate import EvaluationPlan, RunResult, _metrics_document
 
     ks = (10,)
     names = metric_names(ks)
