@@ -117,6 +117,15 @@ def load_cross_encoder(spec: RerankerSpec):
     return CrossEncoder(path, **kwargs)
 
 
+def non_finite_reason(value: float, model) -> str:
+    """The error of a pair whose score came out NaN or infinite: named, with its usual causes."""
+    dtype = getattr(model, "dtype", None)
+    return (
+        f"non-finite score {value} (model dtype {dtype}): an fp16 overflow or a broken checkpoint; "
+        "try --dtype bfloat16 or float32"
+    )
+
+
 def _is_multimodal_lm_without_modules(path: str) -> bool:
     if not os.path.isdir(path) or os.path.exists(os.path.join(path, "modules.json")):
         return False
@@ -212,9 +221,13 @@ class RerankWorker:
                 unsorted_padded[rows[chunk]] = lengths[chunk].max()
             for batch, batch_scores, failed in self._score_isolating_failures(ok_pairs, batches):
                 targets = rows[ok[batch.rows]]
-                scores[targets] = np.asarray(batch_scores, dtype=np.float32).reshape(len(targets))
+                values = np.asarray(batch_scores, dtype=np.float32).reshape(len(targets))
+                scores[targets] = values
                 for k, reason in failed.items():
                     errors.fail(targets[k], reason)
+                for k in np.flatnonzero(~np.isfinite(values)):
+                    if k not in failed:
+                        errors.fail(targets[k], non_finite_reason(values[k], self.model))
                 tokens[targets] = lengths[ok[batch.rows]]
                 padded[targets] = batch.padded_length
 

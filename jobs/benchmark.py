@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         # actors less CPU than this process, where (a)-(c) run; at equal priority the comparison is like for
         # like, as on a dedicated node where niceness changes nothing. Only the local instance started here.
         os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
-    connect(args.ray_address)
+    connect(args.ray_address, args.progress_interval)
     model = cfg.reranker.model
     if sweep is not None:
         from jobs.bench.sweep import run_sweep

@@ -36,6 +36,13 @@ class SettingsParser(argparse.ArgumentParser):
         _add_fields(self, self, config_cls, prefix="", path=())
         if ray:
             self.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
+            self.add_argument(
+                "--progress-interval",
+                type=float,
+                default=30.0,
+                help="seconds between progress lines (pairs done, rate, ETA; Ray Data's own); 0: stage lines "
+                "only (default: 30)",
+            )
 
     def config(self, args: argparse.Namespace) -> Any:
         return _build(self.config_cls, args, ())
@@ -161,7 +168,7 @@ def run_job(
         return user_error(parser, exc)
     from jobs.ray_session import connect
 
-    connect(args.ray_address)
+    connect(args.ray_address, args.progress_interval)
     try:
         print(run(cfg, checked))
     except InputError as exc:  # found only while running: a changed configuration, nothing embedded, ...

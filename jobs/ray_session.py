@@ -1,16 +1,41 @@
 """Connect to the cluster a job runs on: `--ray-address`, else RAY_ADDRESS (set by `ray job submit`),
-else a local instance started here (its workers inherit this process's environment)."""
+else a local instance started here (its workers inherit this process's environment). Progress goes to
+stdout: the job's own stage and rate lines, and Ray Data's progress lines (logged, not drawn, when stdout is
+not a terminal, as under `ray job submit`)."""
 
 from __future__ import annotations
 
+import logging
+import sys
 
-def connect(address: str | None = None) -> None:
-    import logging
+from pipelines import progress
 
+
+def connect(address: str | None = None, progress_interval: float = 30.0) -> None:
     import ray
 
-    # Ray Data logs every execution plan at INFO; a job's own summary is what a user reads.
+    # Ray Data logs every execution plan at INFO; its progress lines (a child logger) stay on.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO)
+    _log_to_stdout(progress.logger)
+    progress.configure(progress_interval)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress_interval > 0
+    ctx.enable_operator_progress_bars = progress_interval > 0
+    if progress_interval > 0:
+        # Ray Data reads its non-terminal log interval from the environment once, at import; the class
+        # attribute is where that value lives (ray 2.60, ray/data/_internal/progress/logging_progress.py).
+        from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+
+        LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = max(1, int(progress_interval))
+
+
+def _log_to_stdout(logger: logging.Logger) -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

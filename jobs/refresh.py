@@ -27,7 +27,9 @@ def summary(manifest: dict) -> str:
     root = manifest["root"].rstrip("/")
     pairs_s = t.get("pairs_per_s")
     lines = [
-        f"LATEST -> {manifest['run_id']} ({root}/runs/{manifest['run_id']}/)",
+        f"LATEST -> {manifest['run_id']} ({root}/runs/{manifest['run_id']}/)"
+        if manifest.get("published", True)
+        else f"run {manifest['run_id']} ({root}/runs/{manifest['run_id']}/): {manifest['not_published']}",
         f"docs: {n['docs']} ({n['docs_embedded']} embedded, {n['docs_reused']} reused, {n['docs_failed']} failed); "
         f"queries: {n['queries']} ({n['queries_failed']} failed)",
         f"candidates: {n['candidates']}; reranked: {n['scored']} scored, {n['cache_hits']} from the score cache, "

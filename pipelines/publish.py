@@ -10,6 +10,7 @@ ROOT/runs/<run_id>/
     ranked/ errors/                the rerank output (pipelines.rerank)
     eval/                          metrics when qrels are given
     _stages/<stage>.json           a finished stage and its counts: a resumed run skips it
+    _started.json                  when the run was first started: LATEST only moves to a later start
     manifest.json                  written last: its presence means the run is complete
 ```
 """
@@ -17,6 +18,7 @@ ROOT/runs/<run_id>/
 from __future__ import annotations
 
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -60,6 +62,10 @@ class RunLayout:
     def evaluation(self) -> str:
         return io.join(self.run_dir, "eval")
 
+    @property
+    def started(self) -> str:
+        return io.join(self.run_dir, "_started.json")
+
     def stage_marker(self, stage: str) -> str:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
@@ -102,3 +108,34 @@ def finished(layout: RunLayout, stage: str, config_key: str) -> dict | None:
 
 def mark_finished(layout: RunLayout, stage: str, config_key: str, result: dict) -> None:
     io.write_json(layout.stage_marker(stage), {"stage": stage, "config_key": config_key, "result": result})
+
+
+def mark_started(layout: RunLayout) -> float:
+    """Record when this run was first started (kept across resumes); returns that time (epoch seconds)."""
+    if io.exists(layout.started):
+        return float(io.read_json(layout.started)["started_at"])
+    now = time.time()
+    io.write_json(
+        layout.started, {"started_at": now, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+    )
+    return now
+
+
+def started_at(layout: RunLayout) -> float | None:
+    return float(io.read_json(layout.started)["started_at"]) if io.exists(layout.started) else None
+
+
+def publish_decision(layout: RunLayout) -> str | None:
+    """None when this run may become LATEST; else why not. LATEST only moves forward: a run first started
+    before the published one (an older night resumed late) never replaces it. Start times come from each
+    run's driver clock."""
+    latest = read_latest(layout.root)
+    if latest is None or latest == layout.run_id:
+        return None
+    theirs, mine = started_at(RunLayout(layout.root, latest)), started_at(layout)
+    if theirs is None or mine is None or mine > theirs:
+        return None
+    return (
+        f"LATEST stays at {latest!r}, which was started after this run; LATEST only moves forward "
+        "(this run's output is complete under its run directory)"
+    )

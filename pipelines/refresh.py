@@ -20,8 +20,16 @@ from actors.embedder import EmbedderSpec, EmbedWorker, Side
 from actors.media_loader import MediaSpec
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
-from pipelines import embed, io
-from pipelines.publish import RunLayout, finished, mark_finished, publish_latest, read_latest
+from pipelines import embed, io, progress
+from pipelines.publish import (
+    RunLayout,
+    finished,
+    mark_finished,
+    mark_started,
+    publish_decision,
+    publish_latest,
+    read_latest,
+)
 from pipelines.rerank import (
     OutputLayout,
     RerankConfig,
@@ -140,7 +148,8 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     layout = RunLayout(cfg.output, cfg.run_id or new_run_id())
     if io.exists(layout.manifest):
         manifest = io.read_json(layout.manifest)
-        _finish_publishing(layout, manifest)
+        if manifest.get("published", True) and publish_decision(layout) is None:
+            publish_latest(layout.root, layout.run_id)  # a run killed between its manifest and LATEST
         return {**manifest, "resumed": "already complete"}
     night = _Night(cfg, inputs, layout, read_latest(cfg.output))
     return night.run(embed_worker_cls, rerank_worker_cls)
@@ -160,9 +169,11 @@ class _Night:
         result = finished(self.layout, name, self.key)
         if result is not None:
             self.resumed.append(name)
+            progress.logger.info("stage %s: finished by an earlier attempt of %s", name, self.layout.run_id)
             return result
         t0 = time.perf_counter()
-        result = fn()
+        with progress.stage(name):
+            result = fn()
         self.timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
         mark_finished(self.layout, name, self.key, result)
         return result
@@ -170,6 +181,7 @@ class _Night:
     def run(self, embed_worker_cls, rerank_worker_cls) -> dict:
         started = time.perf_counter()
         cfg, layout = self.cfg, self.layout
+        mark_started(layout)
         docs = self.stage("embed_corpus", lambda: self.embed("document", embed_worker_cls))
         queries = self.stage("embed_queries", lambda: self.embed("query", embed_worker_cls))
         if docs["rows"] == docs["failed"]:
@@ -196,8 +208,13 @@ class _Night:
         evaluation = self.stage("evaluate", self.evaluate) if cfg.qrels else None
         self.timings["total_s"] = round(time.perf_counter() - started, 3)
         manifest = self.manifest(docs, queries, retrieval, rerank, cached, evaluation)
+        not_published = publish_decision(layout)
+        manifest["published"] = not_published is None
+        if not_published:
+            manifest["not_published"] = not_published
         io.write_json(layout.manifest, manifest)
-        publish_latest(cfg.output, layout.run_id)
+        if not_published is None:
+            publish_latest(cfg.output, layout.run_id)
         return manifest
 
     def embed(self, side: Side, worker_cls) -> dict:
@@ -300,11 +317,3 @@ class _Night:
             },
             "versions": library_versions(),
         }
-
-
-def _finish_publishing(layout: RunLayout, manifest: dict) -> None:
-    """A run killed between its manifest and LATEST: publish it now, unless another run was published
-    since (LATEST no longer names the run this one followed)."""
-    latest = read_latest(layout.root)
-    if latest != layout.run_id and latest == manifest.get("previous_run"):
-        publish_latest(layout.root, layout.run_id)

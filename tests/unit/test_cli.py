@@ -64,7 +64,7 @@ def test_every_flag_default_is_its_fields_and_help_lists_every_field(job):
             assert action.required, f"jobs.{job} {flag} has no default, so it must be required"
         else:
             assert action.default == default, f"jobs.{job} {flag}: default {action.default!r} != {default!r}"
-    generated = {"--ray-address", "--help", "-h"}
+    generated = {"--ray-address", "--progress-interval", "--help", "-h"}
     for flag, default, _ in expected_flags(parser.config_cls):
         generated |= {flag, "--no-" + flag[2:]} if default is True else {flag}
     assert set(actions) <= generated, f"jobs.{job} has hand-made flags {set(actions) - generated}"

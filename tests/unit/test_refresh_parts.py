@@ -9,9 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import refresh as job
+from pipelines import publish
 from pipelines.content_hash import content_hashes, pair_key
 from pipelines.keyed_join import join_tables
-from pipelines.publish import RunLayout, finished, mark_finished, publish_latest, read_latest
+from pipelines.publish import (
+    RunLayout,
+    finished,
+    mark_finished,
+    mark_started,
+    publish_decision,
+    publish_latest,
+    read_latest,
+)
 from pipelines.score_cache import ScoreCache, _first_per_key
 
 
@@ -65,6 +74,22 @@ def test_latest_is_replaced_whole(tmp_path):
     publish_latest(str(tmp_path), "night2")
     assert read_latest(str(tmp_path)) == "night2"
     assert [p.name for p in tmp_path.iterdir()] == ["LATEST"]  # no temporary file left behind
+
+
+def test_latest_only_moves_forward(tmp_path, monkeypatch):
+    """An older night resumed after a newer one was published completes but leaves LATEST alone."""
+    clock = iter([100.0, 200.0])
+    monkeypatch.setattr(publish.time, "time", lambda: next(clock))
+    older, newer = RunLayout(str(tmp_path), "night1"), RunLayout(str(tmp_path), "night2")
+    assert mark_started(older) == 100.0  # night1 starts, then dies
+    assert mark_started(newer) == 200.0
+    assert publish_decision(newer) is None
+    publish_latest(str(tmp_path), "night2")
+    assert mark_started(older) == 100.0  # a resume keeps the first start time
+    reason = publish_decision(older)
+    assert reason is not None and "LATEST stays at 'night2'" in reason and "only moves forward" in reason
+    assert publish_decision(newer) is None  # re-publishing the published run is fine
+    assert publish_decision(RunLayout(str(tmp_path / "fresh"), "night1")) is None  # nothing published yet
 
 
 def test_stage_markers_refuse_a_different_configuration(tmp_path):
