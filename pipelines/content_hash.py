@@ -37,6 +37,6 @@ def content_hashes(table: pa.Table, prefix: str) -> pa.Array:
     return pa.array([sha256_hex(canonical_content(row)) for row in rows], pa.string())
 
 
-def pair_key(query_hash: str, doc_hash: str, reranker: str, revision: str | None, prompt: str | None) -> str:
-    """The score-cache key of one pair under one reranker (id, revision) and prompt."""
-    return sha256_hex(json.dumps([query_hash, doc_hash, reranker, revision, prompt], separators=(",", ":")))
+def pair_key(query_hash: str, doc_hash: str, identity: str) -> str:
+    """The score-cache key of one pair under one reranker identity (`pipelines.run_info.value_key`)."""
+    return sha256_hex(json.dumps([query_hash, doc_hash, identity], separators=(",", ":")))

@@ -22,17 +22,17 @@ from pipelines import io
 from pipelines.content_hash import content_hashes
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
 from pipelines.rerank import MEDIA_TASK_MEMORY
-from pipelines.run_info import model_fingerprint
+from pipelines.run_info import resolved_dtype, value_key
 from schemas import columns as c
 from schemas.tables import ERRORS_SCHEMA, normalize_to
 
 ID = {"document": c.DOC_ID, "query": c.QUERY_ID}
 
 
-def model_tag(model: str, revision: str | None = None) -> str:
-    """`<model>@<revision>`: the hub revision when pinned, else a fingerprint of a local directory."""
-    rev = revision or model_fingerprint(model)["revision"] or "unpinned"
-    return f"{model}@{rev}"
+def model_tag(spec: EmbedderSpec, pool: PoolSpec) -> str:
+    """`<model>@<key>`: an embedding is reused only when this tag matches, i.e. the same weights (their
+    fingerprint) and every setting that changes a vector (prompts, normalisation, max length, dtype)."""
+    return f"{spec.model}@{value_key(spec, dtype=resolved_dtype(spec, pool))}"
 
 
 def input_schema(side: Side) -> pa.Schema:
@@ -182,7 +182,7 @@ def embed_side(
     """Embed `files` (corpus or queries) into `output`, reusing `previous` embeddings where unchanged.
     `rows` (the input row count, from Parquet metadata) sizes the shuffle; `media` (a MediaSpec) turns the
     media stage on. Assumes `ray.init` was called."""
-    tag = model_tag(spec.model, spec.revision)
+    tag = model_tag(spec, pool)
     right, right_schema = None, None
     if previous is not None:
         right_schema = previous_schema(side, _previous_dimension(previous))

@@ -38,7 +38,7 @@ from pipelines.rerank import (
     run_rerank,
 )
 from pipelines.retrieve import METRICS, Metric, retrieve
-from pipelines.run_info import library_versions, model_fingerprint
+from pipelines.run_info import library_versions, model_fingerprint, resolved_dtype, value_key
 from pipelines.score_cache import ScoreCache
 from schemas import columns as c
 from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
@@ -193,9 +193,7 @@ class _Night:
             )
         cache = ScoreCache(
             root=layout.score_cache,
-            reranker=cfg.reranker.model,
-            revision=model_fingerprint(cfg.reranker.model)["revision"],
-            prompt=cfg.reranker.prompt,
+            identity=value_key(cfg.reranker, dtype=resolved_dtype(cfg.reranker, cfg.rerank_pool)),
             run_id=layout.run_id,
             pairs=retrieval["candidates"],
             rows_per_partition=cfg.rows_per_partition,

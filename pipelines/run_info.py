@@ -6,15 +6,11 @@ import hashlib
 import json
 import os
 import platform
+import time
 from importlib.metadata import PackageNotFoundError, version
 
+RACY_SECONDS = 2.0
 PACKAGES = ("ray", "torch", "transformers", "sentence-transformers", "pyarrow", "numpy", "torchcodec")
-SMALL_FILES = (
-    "modules.json",
-    "config.json",
-    "config_sentence_transformers.json",
-    "sentence_bert_config.json",
-)
 
 
 def library_versions() -> dict[str, str]:
@@ -27,26 +23,126 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def model_fingerprint(model: str) -> dict:
-    """A revision for the manifest and for score caches: the hub revision when given, else a hash of a local
-    directory's config files and the sizes of its weight files."""
+def model_fingerprint(model: str, revision: str | None = None) -> dict:
+    """What identifies a model's weights, for manifests, run keys and caches.
+
+    A local directory: a sha256 over every file's relative path and bytes (weights, tokenizer, config,
+    templates), so a byte changed in place changes it; hashes are memoised per (path, size, mtime, inode)
+    in `~/.cache/ray-rerank/fingerprints.json`, so an unchanged 1 GB file is read once, not every run.
+    A hub id: the commit `revision` (default main) resolves to, from the hub, or from the local HF cache
+    when offline. An s3:// prefix: the ETags and sizes of its objects (`actors.model_source`)."""
     path = os.path.expanduser(model)
-    if not os.path.isdir(path):
-        return {"revision": None}
+    if os.path.isdir(path):
+        return {
+            "revision": revision,
+            "fingerprint": "sha256:" + _directory_digest(path),
+            "path": os.path.abspath(path),
+        }
+    from actors.model_source import is_remote
+
+    if is_remote(model):
+        return {"revision": revision, "fingerprint": _remote_digest(model)}
+    commit = hub_commit(model, revision)
+    return {"revision": commit or revision, "fingerprint": f"hub:{commit}" if commit else None}
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a hub id at `revision` resolves to (online, or from the local cache when HF_HUB_OFFLINE
+    is set or the hub is unreachable); None when neither knows it."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not offline:
+        try:
+            from huggingface_hub import HfApi
+
+            return HfApi().model_info(repo_id, revision=revision).sha
+        except (HfHubHTTPError, OSError, ValueError):
+            pass  # unreachable or unknown: fall back to what the local cache knows
+    try:
+        folder = snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return os.path.basename(os.path.normpath(folder))
+
+
+def _directory_digest(path: str) -> str:
+    memo_path = os.path.join(os.path.expanduser("~"), ".cache", "ray-rerank", "fingerprints.json")
+    try:
+        with open(memo_path) as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        memo = {}
     h = hashlib.sha256()
-    for root, _, files in sorted(os.walk(path)):
+    changed = False
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
         for name in sorted(files):
             full = os.path.join(root, name)
-            rel = os.path.relpath(full, path)
-            h.update(rel.encode())
-            if name in SMALL_FILES or (
-                name.endswith((".jinja", ".json")) and os.path.getsize(full) < 1 << 20
-            ):
-                with open(full, "rb") as f:
-                    h.update(f.read())
-            else:
-                h.update(str(os.path.getsize(full)).encode())
-    return {"revision": "sha256:" + h.hexdigest()[:16], "path": os.path.abspath(path)}
+            st = os.stat(full)
+            stamp = f"{os.path.abspath(full)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+            digest = memo.get(stamp)
+            if digest is None:
+                digest = _file_digest(full)
+                # A file written in the last seconds may be written again within the same mtime tick
+                # (git's "racy" case): hash it every time until it has settled.
+                if time.time() - st.st_mtime > RACY_SECONDS:
+                    memo[stamp], changed = digest, True
+            h.update(os.path.relpath(full, path).encode() + b"\0" + digest.encode())
+    if changed:
+        os.makedirs(os.path.dirname(memo_path), exist_ok=True)
+        tmp = f"{memo_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(memo, f)
+        os.replace(tmp, memo_path)
+    return h.hexdigest()[:32]
+
+
+def _remote_digest(uri: str) -> str:
+    """sha256 over each object's key (relative to the prefix), size and ETag: no object is downloaded."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    root = root.rstrip("/")
+    h = hashlib.sha256()
+    for key, info in sorted(fs.find(root, detail=True).items()):
+        etag = info.get("ETag") or info.get("etag") or info.get("md5") or ""
+        h.update(f"{key[len(root) :]}|{info.get('size')}|{etag}\n".encode())
+    return "objects:" + h.hexdigest()[:32]
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolved_dtype(spec, pool) -> str:
+    """The dtype `auto` means where the pool's actors run: bfloat16 on GPU, float32 on CPU."""
+    if spec.dtype != "auto":
+        return spec.dtype
+    on_gpu = (spec.device or "").startswith("cuda") or (spec.device is None and pool.num_gpus() > 0)
+    return "bfloat16" if on_gpu else "float32"
+
+
+def value_key(spec, **resolved) -> str:
+    """A key of everything about a model stage that changes the values it produces: the model's identity
+    and every setting of its spec that reaches the forward (not batching or threads, which do not), plus
+    `resolved` extras (e.g. the dtype `auto` resolved to). Equal keys mean reusable values."""
+    from dataclasses import asdict
+
+    ignored = {"batch_tokens", "device"}
+    settings = {k: v for k, v in asdict(spec).items() if k not in ignored}
+    identity = model_fingerprint(spec.model, spec.revision)
+    payload = json.dumps(
+        [settings, identity.get("fingerprint"), identity.get("revision"), resolved],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def dumps(payload: dict) -> str:

@@ -1,7 +1,8 @@
 """Reranker scores cached across nights: an unchanged pair is not scored again.
 
-A pair's key is sha256 of (query content hash, doc content hash, reranker id, reranker revision, prompt)
-(`pipelines.content_hash.pair_key`); ids play no part, so a pair whose content is unchanged hits the cache
+A pair's key is sha256 of (query content hash, doc content hash, reranker identity), the identity being the
+weights' fingerprint and every setting that changes a score (`pipelines.run_info.value_key`: prompt, max
+length, resolved dtype, score path, fp32 head, ...; `pipelines.content_hash.pair_key`); ids play no part, so a pair whose content is unchanged hits the cache
 even under new ids, and an edited document or query misses it. The cache is Parquet under
 `ROOT/score_cache/<reranker key>/run=<run id>/` (`cache_key`, `score`, `scored_run`): each run appends its
 own shard (rewritten whole on resume, so rows are never duplicated) and never reads its own.
@@ -13,7 +14,6 @@ the lookup is a co-partitioned join on the key (the cache can outgrow any one no
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import ray
 
 from pipelines import io
-from pipelines.content_hash import content_hashes, pair_key, sha256_hex
+from pipelines.content_hash import content_hashes, pair_key
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
 from schemas import columns as c
 from schemas.tables import PAIRS_SCHEMA, InputError
@@ -41,20 +41,18 @@ CACHE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class ScoreCache:
-    """The cache of one reranker (id + revision) and prompt, as seen by run `run_id`."""
+    """The cache of one reranker identity (its weights' fingerprint and every setting that changes a score:
+    `pipelines.run_info.value_key`), as seen by run `run_id`."""
 
     root: str  # ROOT/score_cache
-    reranker: str
-    revision: str | None
-    prompt: str | None
+    identity: str
     run_id: str
     pairs: int = 0  # pairs this run looks up (sizes the shuffles)
     rows_per_partition: int = 50000
 
     @property
     def directory(self) -> str:
-        key = sha256_hex(json.dumps([self.reranker, self.revision, self.prompt]))[:16]
-        return io.join(self.root, key)
+        return io.join(self.root, self.identity[:16])
 
     @property
     def shard(self) -> str:
@@ -74,7 +72,7 @@ class ScoreCache:
         """Add `__cache_key` to every pair and `__cached_score` where the cache knows the pair."""
         keyed = ds.map_batches(
             add_cache_keys,
-            fn_kwargs={"reranker": self.reranker, "revision": self.revision, "prompt": self.prompt},
+            fn_kwargs={"identity": self.identity},
             batch_format="pyarrow",
         )
         files = self.previous_files()
@@ -118,10 +116,10 @@ class ScoreCache:
         return counts
 
 
-def add_cache_keys(table: pa.Table, reranker: str, revision: str | None, prompt: str | None) -> pa.Table:
+def add_cache_keys(table: pa.Table, identity: str) -> pa.Table:
     queries = content_hashes(table, "query").to_pylist()
     docs = content_hashes(table, "candidate").to_pylist()
-    keys = [pair_key(q, d, reranker, revision, prompt) for q, d in zip(queries, docs, strict=True)]
+    keys = [pair_key(q, d, identity) for q, d in zip(queries, docs, strict=True)]
     if c.ROW_CACHE_KEY in table.column_names:
         table = table.drop_columns([c.ROW_CACHE_KEY])
     return table.append_column(c.ROW_CACHE_KEY, pa.array(keys, pa.string()))

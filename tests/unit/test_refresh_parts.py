@@ -3,11 +3,14 @@ one-line validation errors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from actors.reranker import RerankerSpec
 from jobs import refresh as job
 from pipelines import publish
 from pipelines.content_hash import content_hashes, pair_key
@@ -21,6 +24,7 @@ from pipelines.publish import (
     publish_latest,
     read_latest,
 )
+from pipelines.run_info import value_key
 from pipelines.score_cache import ScoreCache, _first_per_key
 
 
@@ -30,8 +34,26 @@ def test_content_hash_ignores_side_and_nulls_but_not_content():
     h = content_hashes(docs, "doc").to_pylist()
     assert h[0] == h[1] == content_hashes(pairs, "candidate")[0].as_py()
     assert len({h[0], h[2], h[3]}) == 3
-    assert pair_key("q", "d", "m", "rev", None) != pair_key("q", "d", "m", "rev", "judge:")
-    assert pair_key("q", "d", "m", "rev1", None) != pair_key("q", "d", "m", "rev2", None)
+    assert pair_key("q", "d", "identity-1") != pair_key("q", "d", "identity-2")
+
+
+def test_value_key_follows_the_weights_and_every_setting_that_changes_a_score(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the fingerprint memo lives under ~/.cache
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\0" * 4096)
+    (model / "config.json").write_text("{}")
+    spec = RerankerSpec(model=str(model))
+    base = value_key(spec, dtype="float32")
+    assert value_key(spec, dtype="float32") == base
+    assert value_key(replace(spec, batch_tokens=99), dtype="float32") == base  # batching changes nothing
+    for change in ({"prompt": "judge:"}, {"max_length": 64}, {"score_path": "hidden"}, {"fp32_head": True}):
+        assert value_key(replace(spec, **change), dtype="float32") != base, change
+    assert value_key(spec, dtype="bfloat16") != base
+    with open(model / "model.safetensors", "r+b") as f:  # one weight byte retrained in place, same size
+        f.seek(100)
+        f.write(b"\1")
+    assert value_key(spec, dtype="float32") != base
 
 
 def test_join_tables_carries_embeddings_and_never_duplicates_left_rows():
@@ -59,7 +81,7 @@ def test_cache_entries_are_deduplicated_per_key():
 
 
 def test_cache_never_reads_its_own_run(tmp_path):
-    cache = ScoreCache(root=str(tmp_path), reranker="m", revision="r", prompt=None, run_id="n2")
+    cache = ScoreCache(root=str(tmp_path), identity="0123456789abcdef0123", run_id="n2")
     assert cache.previous_files() == []
     for run in ("n1", "n2"):
         shard = tmp_path / cache.directory.rsplit("/", 1)[-1] / f"run={run}"
