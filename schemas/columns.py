@@ -50,6 +50,7 @@ ROW_CACHED_SCORE = "__cached_score"  # a score known from an earlier run: the ro
 ROW_UNSORTED_PADDED = "__unsorted_padded_tokens"  # same, had the rows gone in input order, 32 per batch
 ROW_CACHE_KEY = "__cache_key"  # the pair's score-cache key (see pipelines.score_cache)
 ROW_SIDE = "__side"  # which input of a co-partitioned join a row came from (see pipelines.keyed_join)
+ROW_KEY = "__row_key"  # a stable key of the input row: file index << 40 | row in file (pipelines.checkpoint)
 
 
 def media_payload_column(content_column: str) -> str:

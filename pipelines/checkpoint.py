@@ -1,0 +1,87 @@
+"""The scoring checkpoint: scored blocks committed as durable pieces while the run goes, so a rerun of the
+same run id scores only the pairs no committed piece holds.
+
+Every input row carries a stable key, `__row_key` = file index << 40 | row in file (files in sorted
+order, which the run identity pins). A scored block is written to `<output>/_scored/.tmp-<id>.parquet`
+and renamed to `piece-<id>.parquet`: readers list only `piece-*` names, so a half-written piece is never
+read (on object stores the rename is a copy whose object appears whole). The pieces hold every column
+ranking and the errors table need. There is no "done" marker: scoring is complete when the committed keys
+cover the input, and the checkpoint is removed only after `manifest.json` is written.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import io
+from schemas import columns as c
+
+ROW_BITS = 40  # rows per file before the key overflows into the file index: 1.1e12
+PIECE_PREFIX = "piece-"
+
+
+def row_keys(file_index: int, first_row: int, rows: int) -> pa.Array:
+    start = (file_index << ROW_BITS) + first_row
+    return pa.array(np.arange(start, start + rows, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """`<output>/_scored/`: committed pieces of one run."""
+
+    output: str
+
+    @property
+    def directory(self) -> str:
+        return io.join(self.output, "_scored")
+
+    def pieces(self) -> list[str]:
+        """Committed piece files (never a temporary one), sorted."""
+        if not io.exists(self.directory):
+            return []
+        fs, path = io.filesystem(self.directory)
+        names = [posixpath.basename(p) for p in fs.ls(path, detail=False)]
+        return sorted(
+            io.join(self.directory, n) for n in names if n.startswith(PIECE_PREFIX) and n.endswith(".parquet")
+        )
+
+    def committed_keys(self) -> np.ndarray:
+        """The sorted row keys of every committed piece (8 bytes a pair: 8 MB per million)."""
+        keys = [_read_column(f, c.ROW_KEY) for f in self.pieces()]
+        return np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+
+    def remove(self) -> None:
+        io.remove(self.directory)
+
+
+def commit_piece(table: pa.Table, directory: str) -> pa.Table:
+    """Write one scored block as a piece, atomically; return its row count (a `map_batches` function)."""
+    if table.num_rows:
+        fs, path = io.filesystem(directory)
+        fs.makedirs(path, exist_ok=True)
+        name = uuid.uuid4().hex
+        tmp, final = f"{path}/.tmp-{name}.parquet", f"{path}/{PIECE_PREFIX}{name}.parquet"
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(table, f)
+        fs.mv(tmp, final)
+    return pa.table({"committed": [table.num_rows]})
+
+
+def drop_committed(table: pa.Table, committed: np.ndarray) -> pa.Table:
+    """The rows of `table` whose key no committed piece holds (a `map_batches` function)."""
+    if not len(committed):
+        return table
+    keys = table.column(c.ROW_KEY).to_numpy()
+    return table.filter(pa.array(~np.isin(keys, committed, assume_unique=False)))
+
+
+def _read_column(uri: str, name: str) -> np.ndarray:
+    fs, path = io.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=[name]).column(name).to_numpy()
