@@ -24,10 +24,17 @@ class PoolSpec:
         2048,
         help="rows handed to an actor per call; they are length-sorted together, so more rows pad less",
     )
+    max_restarts: int = setting(
+        3, help="times Ray restarts a crashed actor (OOM, lost node) before the stage fails; -1: forever"
+    )
+    max_task_retries: int = setting(
+        3, help="times a block whose actor crashed is retried on a restarted actor; -1: forever"
+    )
 
     def validate(self) -> PoolSpec:
         at_least(self, 1, "actors", "block_rows", "torch_threads")
         at_least(self, 0, "gpus_per_actor", "cpus_per_actor")
+        at_least(self, -1, "max_restarts", "max_task_retries")
         return self
 
     def num_gpus(self) -> float:
@@ -47,4 +54,7 @@ class PoolSpec:
             "compute": ray.data.ActorPoolStrategy(size=self.actors),
             "num_gpus": self.num_gpus(),
             "num_cpus": self.cpus_per_actor,
+            # Ray Data's default is to restart and retry forever: a pair that kills its actor would loop.
+            "max_restarts": self.max_restarts,
+            "max_task_retries": self.max_task_retries,
         }

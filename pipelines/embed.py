@@ -213,12 +213,9 @@ def embed_side(
     ds = ds.map_batches(
         worker_cls,
         fn_constructor_kwargs={"spec": spec, "side": side, "torch_threads": pool.torch_threads},
-        batch_size=pool.block_rows,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool.actors),
-        num_gpus=pool.num_gpus(),
-        num_cpus=pool.cpus_per_actor,
         udf_modifying_row_count=False,
+        **pool.actor_options(),
     )
     ds = ds.map_batches(
         to_embedding_table, fn_kwargs={"side": side, "tag": tag, "run_id": run_id}, batch_format="pyarrow"
