@@ -1,33 +1,28 @@
 """Fetching one media reference: a local path, file://, s3:// (or another fsspec protocol), http(s)://.
 
-Each fetch runs under a deadline (socket timeouts plus a check between reads) and a byte cap, follows
-redirects only to allowed schemes, and turns every failure into a `MediaError` whose message is the reason
-written to errors/ (not found, access denied, unreachable, timed out, over the cap, scheme not allowed).
+Each fetch runs under a deadline (socket timeouts plus a check between reads) and a byte cap, and turns
+every failure into a `MediaError` whose message is the reason written to errors/ (not found, access
+denied, unreachable, timed out, over the cap, scheme or address not allowed, not a regular file). http(s)
+goes through `actors.media_http` (the address policy, redirects); local paths must be regular files.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import stat
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from typing import Any
 
-from actors.media_spec import MediaError, MediaSpec, first_line
+from actors.media_http import fetch_http
+from actors.media_spec import MediaError, MediaSpec, first_line, human_bytes, scheme_of
 
 READ_CHUNK = 1 << 20
 
 
-def scheme_of(ref: str) -> str:
-    """`s3` for s3://..., `file` for file://... and for plain local paths."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", ref)
-    return match.group(1).lower() if match else "file"
-
-
 def fetch_bytes(ref: str, spec: MediaSpec) -> bytes:
     """The bytes of one reference, or MediaError with the reason (not found, unreachable, timed out,
-    over the byte cap, scheme not allowed)."""
+    over the byte cap, scheme or address not allowed, not a regular file)."""
     if not ref.strip():
         raise MediaError("empty reference")
     scheme = scheme_of(ref)
@@ -36,7 +31,9 @@ def fetch_bytes(ref: str, spec: MediaSpec) -> bytes:
     deadline = time.monotonic() + spec.timeout_s
     try:
         if scheme in ("http", "https"):
-            return _fetch_http(ref, spec, deadline)
+            return fetch_http(
+                ref, spec, deadline, lambda read, size: read_capped(read, spec, deadline, size, closes=True)
+            )
         if scheme == "file":
             return _fetch_local(ref, spec, deadline)
         return _fetch_fsspec(ref, spec, deadline)
@@ -51,57 +48,46 @@ def fetch_bytes(ref: str, spec: MediaSpec) -> bytes:
     except Exception as exc:
         if _is_timeout(exc):
             raise MediaError(f"timed out after {spec.timeout_s:.1f} s") from None
+        if isinstance(exc, OSError) and scheme in ("http", "https"):
+            raise MediaError(f"unreachable: {first_line(exc)}") from None
         raise MediaError(f"unreachable: {type(exc).__name__}: {first_line(exc)}") from None
 
 
-class _AllowedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to an allowed scheme (urllib would also follow one to ftp://)."""
-
-    def __init__(self, allowed: tuple[str, ...]):
-        super().__init__()
-        self.allowed = allowed
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        scheme = scheme_of(newurl)
-        if scheme not in self.allowed:
-            raise MediaError(f"redirected to {newurl!r}, scheme {scheme!r} not allowed")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "is a directory, not a file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file"),
+    (stat.S_ISCHR, "is a character device, not a regular file"),
+    (stat.S_ISBLK, "is a block device, not a regular file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file"),
+)
 
 
-def _fetch_http(url: str, spec: MediaSpec, deadline: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "ray-rerank-media/1"})
-    opener = urllib.request.build_opener(_AllowedRedirects(spec.allowed_schemes))
-    try:
-        response = opener.open(request, timeout=spec.timeout_s)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (404, 410):
-            raise MediaError(f"not found (HTTP {exc.code})") from None
-        raise MediaError(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        if _is_timeout(exc.reason):
-            raise MediaError(f"timed out after {spec.timeout_s:.1f} s") from None
-        raise MediaError(f"unreachable: {exc.reason}") from None
-    with response:
-        length = response.headers.get("Content-Length")
-        if length is not None and length.isdigit():
-            _check_size(int(length), spec)
-        return _read_capped(response, spec, deadline)
+def _check_regular(mode: int) -> None:
+    for test, reason in _NOT_REGULAR:
+        if test(mode):
+            raise MediaError(reason)
+    if not stat.S_ISREG(mode):
+        raise MediaError("not a regular file")
 
 
 def _fetch_local(ref: str, spec: MediaSpec, deadline: float) -> bytes:
+    """Only regular files are read: a FIFO would block `open` until a writer comes, a device never ends.
+    The type is checked before opening, and again on the opened descriptor (opened non-blocking, so a path
+    swapped for a FIFO in between cannot block either)."""
     path = os.path.expanduser(ref[len("file://") :] if ref.startswith("file://") else ref)
-    with open(path, "rb") as f:
-        _check_size(os.fstat(f.fileno()).st_size, spec)
-        return _read_capped(f, spec, deadline)
+    _check_regular(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        _check_regular(info.st_mode)
+        return read_capped(f.read, spec, deadline, info.st_size)
 
 
 def _fetch_fsspec(ref: str, spec: MediaSpec, deadline: float) -> bytes:
     fs, path = _filesystem(ref, spec)
     with fs.open(path, "rb") as f:
         size = getattr(f, "size", None)
-        if size is not None:
-            _check_size(int(size), spec)
-        return _read_capped(f, spec, deadline)
+        return read_capped(f.read, spec, deadline, None if size is None else int(size))
 
 
 def _filesystem(ref: str, spec: MediaSpec):
@@ -126,24 +112,35 @@ def _filesystem(ref: str, spec: MediaSpec):
     return fsspec.core.url_to_fs(ref, **options)
 
 
-def _read_capped(stream, spec: MediaSpec, deadline: float) -> bytes:
+def read_capped(
+    read: Callable[[int], bytes], spec: MediaSpec, deadline: float, size: int | None, closes: bool = False
+) -> bytes:
+    """Read to the end with `read(n)` under the byte cap and the deadline. `size`: the length the source
+    declares (file size, Content-Length), checked against the cap before anything is read; with `closes`,
+    a source that ends before its declared length is an error (a connection closed mid-body)."""
+    if size is not None:
+        _check_size(size, spec)
     chunks: list[bytes] = []
     total = 0
     while True:
         if time.monotonic() > deadline:
             raise MediaError(f"timed out after {spec.timeout_s:.1f} s")
-        chunk = stream.read(min(READ_CHUNK, spec.max_bytes + 1 - total))
+        chunk = read(min(READ_CHUNK, spec.max_bytes + 1 - total))
         if not chunk:
+            if closes and size is not None and total < size:
+                raise MediaError(f"unreachable: connection closed after {total} of {size} bytes")
             return b"".join(chunks)
         chunks.append(chunk)
         total += len(chunk)
         if total > spec.max_bytes:
-            raise MediaError(f"more than {_size(spec.max_bytes)}, over the {_size(spec.max_bytes)} cap")
+            raise MediaError(
+                f"more than {human_bytes(spec.max_bytes)}, over the {human_bytes(spec.max_bytes)} cap"
+            )
 
 
 def _check_size(size: int, spec: MediaSpec) -> None:
     if size > spec.max_bytes:
-        raise MediaError(f"{_size(size)} over the {_size(spec.max_bytes)} cap")
+        raise MediaError(f"{human_bytes(size)} over the {human_bytes(spec.max_bytes)} cap")
 
 
 def _is_timeout(exc: BaseException | str | None) -> bool:
@@ -170,10 +167,3 @@ def connect_clients(refs, spec: MediaSpec) -> None:
                 connect()
         except Exception:  # reported per reference by fetch_bytes, with the same cause
             continue
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{round(n / scale, 1):g} {unit}"
-    return f"{n} B"

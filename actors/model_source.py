@@ -1,12 +1,30 @@
-"""Where a model comes from: a local directory, a hub id, or an `s3://` prefix fetched once per node."""
+"""Where a model comes from: a local directory, a hub id, or an `s3://` prefix fetched once per node.
+
+A remote prefix is listed first; its fingerprint (every object's relative key, size and ETag) names the
+node's cache directory and is recorded in that directory's completion marker, so a changed model is
+downloaded again and a marker left by anything else is not trusted. The cache root is private to the
+worker's user (0700, owned by it). Every object key must be a plain path below the prefix: a key holding
+`..`, an empty segment or a leading `/` would land outside the model directory, and fails the load with one
+line instead of being written. Objects are downloaded into a private temporary directory that is renamed
+into place once complete.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://")
+DEFAULT_CACHE = "/tmp/ray-rerank-models"
+MARKER = ".complete"
+
+
+class ModelSourceError(ValueError):
+    """A remote model that cannot be fetched safely; the message is one line."""
 
 
 def is_remote(model: str) -> bool:
@@ -29,24 +47,104 @@ def check_model_reference(model: str) -> None:
 
 
 def materialize(model: str, cache_dir: str | None = None) -> str:
-    """Return a local path for `model`. Remote prefixes are downloaded once per node into a cache keyed
-    by the URI; concurrent actors on a node wait on a lock file instead of downloading twice."""
+    """Return a local path for `model`. A remote prefix is downloaded once per node (and again when its
+    objects change) into the private cache; concurrent actors on a node wait on a lock file instead of
+    downloading twice."""
     if not is_remote(model):
         return os.path.expanduser(model)
     import fcntl
 
     import fsspec
 
-    root = Path(cache_dir or os.environ.get("RERANK_MODEL_CACHE", "/tmp/ray-rerank-models"))
-    local = root / hashlib.sha256(model.encode()).hexdigest()[:16]
-    done = local / ".complete"
-    if done.exists():
+    fs, prefix = fsspec.core.url_to_fs(model)
+    objects = remote_objects(model, fs, prefix.rstrip("/"))
+    fingerprint = model_fingerprint(model, objects)
+    root = private_root(Path(cache_dir or os.environ.get("RERANK_MODEL_CACHE", DEFAULT_CACHE)))
+    local = root / fingerprint[:32]
+    if _complete(local, fingerprint):
         return str(local)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{local.name}.lock", "w") as lock:
+    lock_fd = os.open(root / f"{local.name}.lock", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    with os.fdopen(lock_fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            fs, path = fsspec.core.url_to_fs(model)
-            fs.get(path.rstrip("/") + "/", str(local), recursive=True)
-            done.touch()
+        if not _complete(local, fingerprint):
+            _download(fs, objects, root, local, model, fingerprint)
     return str(local)
+
+
+def remote_objects(model: str, fs, prefix: str) -> list[tuple[str, str, int, str]]:
+    """(relative path, key, size, etag) of every object under `prefix`, each key checked to be a plain path
+    below it."""
+    fs.invalidate_cache(prefix)  # a long-lived worker must see the objects as they are now
+    found = fs.find(prefix, detail=True)
+    objects = []
+    for key, info in sorted(found.items()):
+        if not key.startswith(prefix + "/") or key.endswith("/"):
+            continue  # a sibling prefix (`m2/` next to `m/`) or a directory marker
+        rel = key[len(prefix) + 1 :]
+        parts = rel.split("/")
+        if any(part in ("", ".", "..") for part in parts) or "\0" in rel:
+            raise ModelSourceError(
+                f"model {model!r}: object key {key!r} would be written outside the model directory "
+                "(a '..', '.' or empty path segment); refusing to download the model"
+            )
+        tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("LastModified") or ""
+        objects.append((rel, key, int(info.get("size") or 0), str(tag)))
+    if not objects:
+        raise ModelSourceError(f"model {model!r}: no objects under this prefix")
+    return objects
+
+
+def model_fingerprint(model: str, objects: list[tuple[str, str, int, str]]) -> str:
+    """sha256 of the model URI and every object's relative path, size and ETag."""
+    h = hashlib.sha256(model.rstrip("/").encode())
+    for rel, _, size, tag in objects:
+        h.update(f"\0{rel}\0{size}\0{tag}".encode())
+    return h.hexdigest()
+
+
+def private_root(root: Path) -> Path:
+    """The cache root, created 0700; an existing one must belong to this user (it is made 0700 if not)."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.stat(root)
+    if info.st_uid != os.getuid():
+        raise ModelSourceError(
+            f"model cache {str(root)!r} belongs to another user (uid {info.st_uid}); "
+            "set RERANK_MODEL_CACHE to a directory of your own"
+        )
+    if info.st_mode & 0o077:
+        os.chmod(root, 0o700)
+    return root
+
+
+def _complete(local: Path, fingerprint: str) -> bool:
+    try:
+        marker = json.loads((local / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("fingerprint") == fingerprint
+
+
+def _download(fs, objects, root: Path, local: Path, model: str, fingerprint: str) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{local.name}-", dir=root))
+    try:
+        destinations = []
+        for rel, _, _, _ in objects:
+            dest = staging.joinpath(*rel.split("/"))
+            if not os.path.normpath(dest).startswith(str(staging) + os.sep):
+                raise ModelSourceError(f"model {model!r}: object {rel!r} would be written outside {staging}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            destinations.append(str(dest))
+        fs.get([key for _, key, _, _ in objects], destinations)
+        for (rel, _, size, _), dest in zip(objects, destinations, strict=True):
+            if os.path.getsize(dest) != size:
+                raise ModelSourceError(
+                    f"model {model!r}: {rel!r} downloaded {os.path.getsize(dest)} of {size} bytes"
+                )
+        marker = {"model": model, "fingerprint": fingerprint, "objects": len(objects)}
+        (staging / MARKER).write_text(json.dumps(marker))
+        if local.exists():  # an incomplete or stale copy under this name
+            shutil.rmtree(local)
+        os.rename(staging, local)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

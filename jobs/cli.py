@@ -3,7 +3,8 @@ flattened with their prefix, defaults and help taken from the fields (`schemas/s
 
 A job calls `run_job(ConfigClass, argv, ...)`: parse, build the config, validate it, check its inputs, run
 it. User errors (bad flags, bad values, bad inputs, found before or during the run) exit 2 with one line
-naming the flag; anything else is a bug or an infrastructure failure and exits 1 with its traceback.
+naming the flag; a run that completed with more failed rows than --max-error-rate allows exits 3; anything
+else is a bug or an infrastructure failure and exits 1 with its traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any, Literal
 
 from schemas.settings import SettingError
-from schemas.tables import InputError
+from schemas.tables import InputError, TooManyErrors
 
 RAY_ADDRESS_HELP = (
     "Ray cluster address (default: RAY_ADDRESS, set by `ray job submit`, or a new local instance)"
@@ -173,4 +174,8 @@ def run_job(
         print(run(cfg, checked))
     except InputError as exc:  # found only while running: a changed configuration, nothing embedded, ...
         return user_error(parser, exc)
+    except TooManyErrors as exc:  # the output is complete; its manifest says why the run is not good
+        print(exc.summary)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return 0

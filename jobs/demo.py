@@ -97,7 +97,8 @@ def run(args: DemoConfig, _checked=None) -> str:
 def _multimodal_part(assets, out: str, pool: PoolSpec) -> None:
     from jobs.demo_assets.tiny_vlm import build_demo_vlm
     from jobs.rerank import summary
-    from pipelines.rerank import RerankConfig, run_rerank
+    from pipelines.rerank import RerankConfig
+    from pipelines.rerank_run import run_rerank
 
     vlm = os.path.join(out, "models", "tiny-qwen2vl-reranker")
     if not os.path.exists(os.path.join(vlm, "modules.json")):

@@ -1,4 +1,5 @@
-"""Evaluate ranked runs against held-out relevance judgements: ``python -m jobs.evaluate``.
+"""Evaluate ranked runs against held-out relevance judgements: ``python -m jobs.evaluate`` (or
+``ray-rerank-evaluate``). Judgements: Parquet, TREC qrels text, or a BEIR ``qrels/<split>.tsv``.
 
 Example::
 
@@ -59,8 +60,8 @@ class EvaluateConfig:
     """Configuration of one evaluation job; every field is one CLI flag."""
 
     qrels: str = setting(
-        help="relevance judgements: Parquet (query_id, doc_id, relevance) file/dir or TREC qrels text; "
-        "local path or s3://"
+        help="relevance judgements: Parquet (query_id, doc_id, relevance) file/dir, TREC qrels text, or BEIR "
+        "qrels TSV (header line 'query-id corpus-id score'); local path or s3://"
     )
     runs: tuple[str, ...] = setting(flag="run", action="append", metavar="NAME=DIR", help=RUN_HELP)
     output: str = setting(

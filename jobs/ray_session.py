@@ -32,10 +32,21 @@ def connect(address: str | None = None, progress_interval: float = 30.0) -> None
         LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = max(1, int(progress_interval))
 
 
+class _Stdout(logging.StreamHandler):
+    """A handler on whatever `sys.stdout` is when a line is written (it may be replaced after set-up)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _log_to_stdout(logger: logging.Logger) -> None:
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _Stdout) for h in logger.handlers):
+        handler = _Stdout()
         handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    logger.setLevel(logging.INFO)

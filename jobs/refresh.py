@@ -1,4 +1,5 @@
-"""`python -m jobs.refresh`: the nightly retrieve-then-rerank refresh, published under ROOT/LATEST.
+"""`python -m jobs.refresh` (or `ray-rerank-refresh`): the nightly retrieve-then-rerank refresh, published
+under ROOT/LATEST. Corpus and queries come from Parquet, JSON Lines or CSV, or a BEIR directory (`--beir`).
 
 Runs locally (starts a Ray instance) or under `ray job submit --working-dir . -- python -m jobs.refresh ...`.
 """
@@ -9,6 +10,7 @@ import sys
 
 from jobs.cli import SettingsParser, run_job
 from pipelines.refresh import RefreshConfig
+from schemas.tables import TooManyErrors
 
 
 def build_parser() -> SettingsParser:
@@ -18,7 +20,8 @@ def build_parser() -> SettingsParser:
         description="Embed the corpus (only new or changed documents) and the queries with a SentenceTransformer, "
         "retrieve the exact top-k per query, rerank the candidates with a CrossEncoder (pairs scored on an "
         "earlier night are taken from the score cache), write ROOT/runs/<run_id>/ and, only when the run "
-        "succeeds, point ROOT/LATEST at it.",
+        "succeeds, point ROOT/LATEST at it. With --beir DIR, corpus, queries and judgements come from a BEIR "
+        "directory and the night is evaluated against DIR/qrels/<split>.tsv.",
     )
 
 
@@ -52,7 +55,10 @@ def check(cfg: RefreshConfig) -> None:
 def run(cfg: RefreshConfig, _checked=None) -> str:
     from pipelines.refresh import run_refresh
 
-    return summary(run_refresh(cfg))
+    manifest = run_refresh(cfg)
+    if (manifest["rerank"].get("errors") or {}).get("exceeded"):
+        raise TooManyErrors(manifest["not_published"], summary(manifest))
+    return summary(manifest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""`python -m jobs.rerank`: rerank Parquet shards of query/candidate pairs into ranked Parquet tables.
+"""`python -m jobs.rerank` (or `ray-rerank`): rerank query/candidate pairs (Parquet, JSON Lines or CSV)
+into ranked Parquet tables.
 
 Runs locally (starts a Ray instance) or under `ray job submit --working-dir . -- python -m jobs.rerank ...`.
 """
@@ -9,14 +10,16 @@ import sys
 
 from jobs.cli import SettingsParser, run_job
 from pipelines.rerank import RerankConfig
+from schemas.tables import TooManyErrors
 
 
 def build_parser() -> SettingsParser:
     return SettingsParser(
         RerankConfig,
         prog="python -m jobs.rerank",
-        description="Score query/candidate pairs with a CrossEncoder (Transformer + LogitScore) on a Ray actor "
-        "pool and write ranked Parquet tables, an errors table and manifest.json under --output.",
+        description="Score query/candidate pairs (Parquet, JSON Lines or CSV) with a CrossEncoder (Transformer + "
+        "LogitScore) on a Ray actor pool and write ranked Parquet tables, an errors table and manifest.json "
+        "under --output.",
     )
 
 
@@ -29,6 +32,10 @@ def summary(manifest: dict, output: str) -> str:
         [
             f"run {manifest['run_id']}: {counts['pairs_in']} pairs, {counts['scored']} scored, "
             f"{counts['failed']} errors, {counts['queries']} queries",
+            f"resumed: {counts['pairs_resumed']} pairs from the checkpoint, "
+            f"{counts['pairs_scored_this_run']} scored by this attempt"
+            if counts.get("pairs_resumed")
+            else "",
             f"ranked tables: {output.rstrip('/')}/ranked/   errors: {output.rstrip('/')}/errors/",
             f"throughput: {pairs_s:.1f} pairs/s"
             if pairs_s
@@ -37,19 +44,29 @@ def summary(manifest: dict, output: str) -> str:
             if eff and base
             else "",
         ]
-    ).strip()
+    ).replace("\n\n", "\n").strip()
 
 
 def check(cfg: RerankConfig) -> None:
-    from pipelines.rerank import check_inputs
+    from pipelines.rerank import check_pairs
 
-    check_inputs(cfg.pairs)
+    check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
 
 
 def run(cfg: RerankConfig, _checked=None) -> str:
-    from pipelines.rerank import run_rerank
+    from pipelines.rerank_run import run_rerank
 
-    return summary(run_rerank(cfg), cfg.output)
+    manifest = run_rerank(cfg)
+    text = summary(manifest, cfg.output)
+    errors = manifest.get("errors", {})
+    if errors.get("exceeded"):
+        raise TooManyErrors(
+            f"{manifest['counts']['failed']} of {manifest['counts']['pairs_in']} pairs failed "
+            f"({errors['error_rate']:.1%}, over --max-error-rate {errors['max_error_rate']:g}); "
+            f"see {cfg.output.rstrip('/')}/errors/",
+            text,
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

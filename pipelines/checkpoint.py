@@ -11,8 +11,10 @@ cover the input, and the checkpoint is removed only after `manifest.json` is wri
 
 from __future__ import annotations
 
+import json
 import posixpath
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,8 @@ import pyarrow.parquet as pq
 from pipelines import io
 from schemas import columns as c
 
+_FOOTERS: dict[str, tuple[int, dict]] = {}  # piece -> (rows, stats): pieces are immutable once committed
+STATS_KEY = b"ray_rerank.stats"
 ROW_BITS = 40  # rows per file before the key overflows into the file index: 1.1e12
 PIECE_PREFIX = "piece-"
 
@@ -56,17 +60,37 @@ class Checkpoint:
         keys = [_read_column(f, c.ROW_KEY) for f in self.pieces()]
         return np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
 
+    def committed_rows(self) -> int:
+        """Rows in committed pieces, from their footers (memoised per piece: cheap to poll)."""
+        return sum(_footer(uri)[0] for uri in self.pieces())
+
+    def stats(self) -> dict[str, int]:
+        """The sums of the per-piece stats `commit_piece` kept in the footers."""
+        totals: dict[str, int] = {}
+        for uri in self.pieces():
+            for key, value in _footer(uri)[1].items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
+
     def remove(self) -> None:
+        for uri in [u for u in _FOOTERS if u.startswith(self.directory + "/")]:
+            del _FOOTERS[uri]
         io.remove(self.directory)
 
 
-def commit_piece(table: pa.Table, directory: str) -> pa.Table:
-    """Write one scored block as a piece, atomically; return its row count (a `map_batches` function)."""
+def commit_piece(
+    table: pa.Table, directory: str, stats: Callable[[pa.Table], dict] | None = None
+) -> pa.Table:
+    """Write one scored block as a piece, atomically; return its row count (a `map_batches` function).
+    `stats(table)` (small, JSON-able) is kept in the piece's footer, so totals never need a data pass."""
     if table.num_rows:
         fs, path = io.filesystem(directory)
         fs.makedirs(path, exist_ok=True)
         name = uuid.uuid4().hex
         tmp, final = f"{path}/.tmp-{name}.parquet", f"{path}/{PIECE_PREFIX}{name}.parquet"
+        if stats is not None:
+            meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats(table)).encode()}
+            table = table.replace_schema_metadata(meta)
         with fs.open(tmp, "wb") as f:
             pq.write_table(table, f)
         fs.mv(tmp, final)
@@ -85,3 +109,13 @@ def _read_column(uri: str, name: str) -> np.ndarray:
     fs, path = io.filesystem(uri)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=[name]).column(name).to_numpy()
+
+
+def _footer(uri: str) -> tuple[int, dict]:
+    if uri not in _FOOTERS:
+        fs, path = io.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        stats = (meta.metadata or {}).get(STATS_KEY)
+        _FOOTERS[uri] = (meta.num_rows, json.loads(stats) if stats else {})
+    return _FOOTERS[uri]

@@ -24,11 +24,17 @@ def qualify(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 def list_parquet(uri: str) -> list[str]:
     """Expand a file, a directory of shards (recursively) or a glob into Parquet files; fail in one line."""
+    return list_files(uri, (".parquet",), "Parquet")
+
+
+def list_files(uri: str, extensions: tuple[str, ...], kind: str) -> list[str]:
+    """Expand a file, a directory of shards (recursively: the files ending in one of `extensions`) or a glob
+    into files; names starting with '_' or '.' are skipped. `kind` names the format in the error."""
     fs, path = filesystem(uri)
     if any(ch in path for ch in "*?["):
         files = sorted(fs.glob(path))
     elif fs.isdir(path):
-        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+        files = sorted(p for p in fs.find(path) if p.endswith(extensions))
     elif fs.exists(path):
         files = [path]
     else:
@@ -36,7 +42,8 @@ def list_parquet(uri: str) -> list[str]:
     files = [f for f in files if not posixpath.basename(f).startswith(("_", "."))]
     if not files:
         raise InputError(
-            f"{uri}: no Parquet files found (expected a .parquet file, a directory of shards or a glob)"
+            f"{uri}: no {kind} files found (expected a {'/'.join(extensions)} file, a directory of shards "
+            "or a glob)"
         )
     return [qualify(fs, f) for f in files]
 

@@ -4,6 +4,7 @@
 ROOT/LATEST                        the published run id (replaced atomically, only after a run succeeds)
 ROOT/score_cache/<reranker key>/   reranker scores across nights (pipelines.score_cache)
 ROOT/runs/<run_id>/
+    inputs/corpus/ inputs/queries/ JSON Lines, CSV or BEIR inputs copied to Parquet (pipelines.refresh_inputs)
     embeddings/corpus/ embeddings/queries/   embedding shards (doc_id/query_id, content_hash, model, vector)
     embed_errors/corpus/ embed_errors/queries/
     candidates/                    retrieved pairs, query-clustered, sorted by retrieval_rank
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from pipelines import io
 
-STAGES = ("embed_corpus", "embed_queries", "retrieve", "rerank", "score_cache", "evaluate")
+STAGES = ("read_inputs", "embed_corpus", "embed_queries", "retrieve", "rerank", "score_cache", "evaluate")
 
 
 @dataclass(frozen=True)

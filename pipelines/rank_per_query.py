@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 
@@ -12,14 +14,17 @@ from schemas.tables import RANKED_SCHEMA
 RANK = Stage("rank_per_query", needs=(c.QUERY_ID, c.CANDIDATE_ID, c.SCORE), adds=(c.RANK,))
 
 
-def ranked_columns(schema_names: list[str]) -> list[str]:
+def ranked_columns(schema_names: list[str], keep: Sequence[str] = ()) -> list[str]:
+    """The ranked output's columns: the contract's, the pass-through ones present, then the kept ones."""
     extra = [name for name in c.PASSTHROUGH if name in schema_names]
-    return [*RANKED_SCHEMA.names, *extra]
+    base = [*RANKED_SCHEMA.names, *extra]
+    return [*base, *(name for name in keep if name not in base)]
 
 
-def rank_group(group: pa.Table, top_k: int | None = None) -> pa.Table:
+def rank_group(group: pa.Table, top_k: int | None = None, keep: Sequence[str] = ()) -> pa.Table:
     """All rows of `group` share one query_id. Order: score desc, candidate_id asc, then input order,
-    so duplicate candidate ids get distinct, deterministic ranks and no row is lost."""
+    so duplicate candidate ids get distinct, deterministic ranks and no row is lost. `keep`: input
+    columns carried into the output unchanged (`--keep-columns`)."""
     scores = group.column(c.SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
     ids = np.asarray(group.column(c.CANDIDATE_ID).to_pylist(), dtype=object)
     position = np.arange(group.num_rows)
@@ -28,7 +33,7 @@ def rank_group(group: pa.Table, top_k: int | None = None) -> pa.Table:
         order = order[:top_k]
     out = group.take(pa.array(order, pa.int64()))
     out = out.append_column(c.RANK, pa.array(np.arange(1, len(order) + 1, dtype=np.int32)))
-    cols = ranked_columns(out.column_names)
+    cols = ranked_columns(out.column_names, keep)
     return out.select(cols).cast(_schema_for(out.select(cols)))
 
 

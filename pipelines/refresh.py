@@ -21,6 +21,8 @@ from actors.media_loader import MediaSpec
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import embed, io, progress
+from pipelines.checkpoint import Checkpoint
+from pipelines.model_access import check_remote_code, warn_remote_code
 from pipelines.publish import (
     RunLayout,
     finished,
@@ -30,19 +32,16 @@ from pipelines.publish import (
     publish_latest,
     read_latest,
 )
-from pipelines.rerank import (
-    OutputLayout,
-    RerankConfig,
-    check_run_id,
-    media_columns_with_values,
-    run_rerank,
-)
+from pipelines.readers import FileFormat
+from pipelines.refresh_inputs import Inputs, check_inputs, check_settings, qrels_path, stage_inputs
+from pipelines.rerank import Mode, RerankConfig, check_run_id, media_columns_with_values
+from pipelines.rerank_run import run_rerank
 from pipelines.retrieve import METRICS, Metric, retrieve
 from pipelines.run_info import library_versions, model_fingerprint, resolved_dtype, value_key
 from pipelines.score_cache import ScoreCache
 from schemas import columns as c
 from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
-from schemas.tables import InputError, check_corpus_schema, check_queries_schema
+from schemas.tables import InputError
 
 RERANK_MANIFEST = "_rerank_manifest.json"
 EVAL_KS = [1, 3, 5, 10]
@@ -54,11 +53,39 @@ class RefreshConfig:
     its pool under `--embed-*`, the reranker and its pool under `--rerank-*` (every setting `jobs.rerank`
     has), the media limits as in `jobs.rerank`."""
 
-    corpus: str = setting(
-        help="corpus Parquet (doc_id + doc_text/_image/_audio/_video): a file, a directory of shards or a "
-        "glob; local or s3://"
+    corpus: str | None = setting(
+        None,
+        help="corpus (doc_id + doc_text/_image/_audio/_video; Parquet, JSON Lines or CSV): a file, a "
+        "directory of shards or a glob; local or s3://. Required unless --beir",
     )
-    queries: str = setting(help="queries Parquet (query_id + query_text/_image/_audio/_video)")
+    queries: str | None = setting(
+        None, help="queries (query_id + query_text/_image/_audio/_video). Required unless --beir"
+    )
+    beir: str | None = setting(
+        None,
+        metavar="DIR",
+        help="a BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/<split>.tsv): corpus, queries and "
+        "judgements come from it, instead of --corpus, --queries and --qrels",
+    )
+    split: str = setting(
+        "test", help="with --beir: the judgements DIR/qrels/<split>.tsv; only its queries are retrieved"
+    )
+    format: FileFormat = setting(
+        "auto", help="format of --corpus and --queries: parquet, jsonl or csv; auto: from the file extension"
+    )
+    columns: tuple[str, ...] | None = setting(
+        None,
+        flag="column",
+        action="append",
+        metavar="COLUMN=INPUT",
+        help="read the contract column COLUMN (doc_id, doc_text, query_id, query_text, ...) from the input "
+        "column INPUT, e.g. doc_text=body; repeatable",
+    )
+    keep_columns: tuple[str, ...] = setting(
+        (),
+        metavar="A,B|*",
+        help="candidate columns carried into ranked/, e.g. candidate_text (*: all of them)",
+    )
     output: str = setting(help="ROOT (local or s3://): runs/<run_id>/, LATEST, score_cache/")
     embedder: EmbedderSpec = setting(prefix="embed-", help="embedding")
     embed_pool: PoolSpec = setting(default_factory=PoolSpec, prefix="embed-", help="embedding actor pool")
@@ -78,18 +105,32 @@ class RefreshConfig:
     )
     qrels: str | None = setting(
         None,
-        help="relevance judgements (Parquet or TREC qrels): evaluate retrieval and reranking into "
+        help="relevance judgements (Parquet, TREC qrels or BEIR TSV): evaluate retrieval and reranking into "
         "runs/<run_id>/eval/",
     )
     rows_per_partition: int = setting(50000, help="rows per shuffle partition of the joins and merges")
+    mode: Mode | None = setting(
+        None,
+        help="when ROOT already holds this --run-id: error (refuse), overwrite (redo it from scratch), resume "
+        "(continue it with the same settings). Default: resume",
+    )
+    max_error_rate: float = setting(
+        0.01,
+        help="a night whose rerank failed/pairs exceeds this exits 3 and is not published as LATEST",
+    )
 
     def validate(self) -> RefreshConfig:
         at_least(self, 1, "retrieve_k", "retrieve_block_rows", "rows_per_partition", "top_k")
+        at_least(self, 0, "max_error_rate")
         one_of(self, "metric", METRICS)
         check_run_id(self.run_id)
+        check_settings(self)
         if self.qrels is not None and not io.exists(self.qrels):
             raise SettingError("qrels", f"{self.qrels}: no such file")
         validate_nested(self)
+        for spec, owner in ((self.embedder, "embedder"), (self.reranker, "reranker")):
+            check_remote_code(spec, owner)
+            warn_remote_code(spec)
         return self
 
     def rerank_config(self, pairs: str, output: str, run_id: str | None = None) -> RerankConfig:
@@ -101,35 +142,15 @@ class RefreshConfig:
             pool=self.rerank_pool,
             media=self.media,
             top_k=self.top_k,
+            keep_columns=self.keep_columns,
             run_id=run_id,
+            max_error_rate=self.max_error_rate,
         )
 
     def key(self) -> str:
         """What a resumed run must share with the run it resumes: everything but the run id."""
-        payload = {k: v for k, v in asdict(self).items() if k != "run_id"}
+        payload = {k: v for k, v in asdict(self).items() if k not in ("run_id", "mode")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Inputs:
-    corpus_files: list[str]
-    query_files: list[str]
-    docs: int
-    queries: int
-
-
-def check_inputs(cfg: RefreshConfig) -> Inputs:
-    """Driver-side validation before any cluster work: files exist and every schema fits the contract."""
-    corpus, queries = io.list_parquet(cfg.corpus), io.list_parquet(cfg.queries)
-    for f in corpus:
-        check_corpus_schema(io.read_schema(f), where=f)
-    for f in queries:
-        check_queries_schema(io.read_schema(f), where=f)
-    inputs = Inputs(corpus, queries, io.count_rows(corpus), io.count_rows(queries))
-    for name, rows in (("--corpus", inputs.docs), ("--queries", inputs.queries)):
-        if rows == 0:
-            raise InputError(f"{name} {getattr(cfg, name[2:])}: the input has no rows")
-    return inputs
 
 
 def new_run_id() -> str:
@@ -146,6 +167,10 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     cfg.validate()
     inputs = check_inputs(cfg)
     layout = RunLayout(cfg.output, cfg.run_id or new_run_id())
+    if io.exists(layout.run_dir) and cfg.mode == "error":
+        raise InputError(f"{layout.run_dir} already exists (--mode error); choose another --run-id")
+    if io.exists(layout.run_dir) and cfg.mode == "overwrite":
+        io.remove(layout.run_dir)
     if io.exists(layout.manifest):
         manifest = io.read_json(layout.manifest)
         if manifest.get("published", True) and publish_decision(layout) is None:
@@ -182,6 +207,10 @@ class _Night:
         started = time.perf_counter()
         cfg, layout = self.cfg, self.layout
         mark_started(layout)
+        if self.inputs.pending is not None:  # JSON Lines, CSV, renamed columns or BEIR: copied to Parquet
+            self.inputs = Inputs(
+                **self.stage("read_inputs", lambda: stage_inputs(self.inputs, layout.run_dir))
+            )
         docs = self.stage("embed_corpus", lambda: self.embed("document", embed_worker_cls))
         queries = self.stage("embed_queries", lambda: self.embed("query", embed_worker_cls))
         if docs["rows"] == docs["failed"]:
@@ -199,14 +228,19 @@ class _Night:
             rows_per_partition=cfg.rows_per_partition,
         )
         rerank = self.stage("rerank", lambda: self.rerank(cache, rerank_worker_cls))
-        scored = OutputLayout(layout.run_dir).scored
-        cached = self.stage("score_cache", lambda: cache.append(scored))
-        io.remove(scored)
-        io.remove(io.join(layout.run_dir, "_scored.json"))
-        evaluation = self.stage("evaluate", self.evaluate) if cfg.qrels else None
+        scored = Checkpoint(layout.run_dir)
+        cached = self.stage("score_cache", lambda: cache.append(scored.directory))
+        scored.remove()
+        evaluation = self.stage("evaluate", self.evaluate) if qrels_path(cfg) else None
         self.timings["total_s"] = round(time.perf_counter() - started, 3)
         manifest = self.manifest(docs, queries, retrieval, rerank, cached, evaluation)
         not_published = publish_decision(layout)
+        if rerank["errors"]["exceeded"]:
+            rate = rerank["errors"]["error_rate"]
+            not_published = (
+                f"{rate:.1%} of the reranked pairs failed, over --max-error-rate {cfg.max_error_rate:g}; "
+                f"LATEST stays (see {layout.run_dir}/errors/)"
+            )
         manifest["published"] = not_published is None
         if not_published:
             manifest["not_published"] = not_published
@@ -261,7 +295,7 @@ class _Night:
         manifest = run_rerank(
             rcfg, worker_cls, extra_stages=[cache.stage], manifest_name=RERANK_MANIFEST, keep_scored=True
         )
-        return {k: manifest.get(k) for k in ("counts", "tokens", "timings", "throughput", "model")}
+        return {k: manifest.get(k) for k in ("counts", "errors", "tokens", "timings", "throughput", "model")}
 
     def evaluate(self) -> dict:
         try:
@@ -271,7 +305,7 @@ class _Night:
                 f"--qrels needs pipelines.evaluate.evaluate_runs, which cannot be imported: {exc}"
             ) from exc
         runs = {"retrieval": self.layout.candidates, "reranked": self.layout.run_dir}
-        metrics = evaluate_runs(self.cfg.qrels, runs, output=self.layout.evaluation, ks=EVAL_KS)
+        metrics = evaluate_runs(qrels_path(self.cfg), runs, output=self.layout.evaluation, ks=EVAL_KS)
         return {
             "output": self.layout.evaluation,
             "mean": {n: r.get("mean") for n, r in metrics.get("runs", {}).items()},

@@ -1,30 +1,36 @@
-"""The offline rerank pipeline: pairs Parquet in, ranked Parquet + errors + manifest.json out.
+"""The offline rerank pipeline's configuration and stages: pairs in, scored and ranked rows out.
 
-read ─► validate ─► resolve media (CPU) ─► score (actor pool) ─► checkpoint scored/ ─► rank per query
+read ─► validate ─► resolve media (CPU) ─► score (actor pool) ─► checkpoint pieces ─► rank per query
      ─► write ranked/ + errors/ ─► manifest.json (written last: its presence means the output is complete)
+
+`pipelines.rerank_run.run_rerank` runs them as a job (resume, run identity, manifest);
+`pipelines.api.rerank_dataset` runs the same stages over a Ray Dataset: `score_pairs` then `rank_scored`.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from actors.media_loader import MEDIA_COLUMNS, MediaSpec, resolve_media
+from actors.media_loader import MEDIA_COLUMNS, MediaSpec, resolve_media_blocks
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import io
+from pipelines.model_access import check_remote_code, warn_remote_code
 from pipelines.rank_per_query import RANK, rank_group
-from pipelines.run_info import library_versions, model_fingerprint
+from pipelines.readers import FORMATS, FileFormat, Source, open_source, parse_columns, stage_copy
 from pipelines.stages import MEDIA, SCORE, check_chain
-from pipelines.validate_pairs import VALIDATE, validate_pairs
+from pipelines.validate_pairs import VALIDATE, check_keep_columns, resolve_keep, validate_pairs
 from schemas import columns as c
-from schemas.settings import SettingError, at_least, setting, validate_nested
-from schemas.tables import ERRORS_SCHEMA, InputError, check_pairs_schema
+from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
+from schemas.tables import ERRORS_SCHEMA, PAIRS_SCHEMA, InputError, check_pairs_schema
+
+Mode = Literal["error", "overwrite", "resume"]
 
 
 def check_run_id(run_id: str | None) -> None:
@@ -38,8 +44,28 @@ class RerankConfig:
     """Everything one rerank run needs. `jobs.rerank` generates one flag per field (nested specs
     flattened); `jobs.refresh` holds the same specs under `--rerank-*`."""
 
-    pairs: str = setting(help="pairs Parquet: a file, a directory of shards or a glob; local or s3://")
+    pairs: str = setting(
+        help="pairs (Parquet, JSON Lines or CSV): a file, a directory of shards or a glob; local or s3://"
+    )
     output: str = setting(help="output directory (local or s3://): ranked/, errors/, manifest.json")
+    format: FileFormat = setting(
+        "auto",
+        help="format of --pairs: parquet, jsonl (one JSON object per line) or csv (a header line); "
+        "auto: from the file extension",
+    )
+    columns: tuple[str, ...] | None = setting(
+        None,
+        flag="column",
+        action="append",
+        metavar="COLUMN=INPUT",
+        help="read the contract column COLUMN from the input column INPUT, e.g. query_text=question; "
+        "repeatable",
+    )
+    keep_columns: tuple[str, ...] = setting(
+        (),
+        metavar="A,B|*",
+        help="input columns carried unchanged into ranked/ (*: every input column)",
+    )
     reranker: RerankerSpec = setting(help="reranker")
     pool: PoolSpec = setting(default_factory=PoolSpec, help="scoring actor pool")
     media: MediaSpec = setting(default_factory=MediaSpec, help="media (fetch and decode limits)")
@@ -47,11 +73,26 @@ class RerankConfig:
     run_id: str | None = setting(
         None, help="run id; re-running with the same id resumes and never duplicates rows"
     )
+    mode: Mode | None = setting(
+        None,
+        help="when --output already holds a run: error (refuse), overwrite (replace it), resume (continue it; "
+        "it must have the same run id and settings). Default: resume for the same --run-id, else error",
+    )
+    max_error_rate: float = setting(
+        0.01,
+        help="a run whose failed/pairs_in exceeds this exits 3, its output complete and its manifest saying why",
+    )
 
     def validate(self) -> RerankConfig:
         at_least(self, 1, "top_k")
+        at_least(self, 0, "max_error_rate")
+        one_of(self, "format", FORMATS)
         check_run_id(self.run_id)
+        parse_columns(self.columns, PAIRS_SCHEMA.names)
+        check_keep_columns(self.keep_columns)
         validate_nested(self)
+        check_remote_code(self.reranker, "reranker")
+        warn_remote_code(self.reranker)
         return self
 
 
@@ -73,12 +114,13 @@ class OutputLayout:
         return io.join(self.root, "_scored")
 
     @property
-    def scored_done(self) -> str:
-        return io.join(self.root, "_scored.json")
-
-    @property
     def manifest(self) -> str:
         return io.join(self.root, self.manifest_name)
+
+    @property
+    def staged_pairs(self) -> str:
+        """JSON Lines or CSV pairs copied to Parquet, for the resumable reader (see `pairs_files`)."""
+        return io.join(self.root, "_input")
 
 
 # The stages `run_rerank` wires, in order. The media stage is skipped when no media column holds a value;
@@ -86,17 +128,59 @@ class OutputLayout:
 RERANK_CHAIN = (VALIDATE, MEDIA, SCORE, RANK)
 
 
-def check_inputs(pairs: str) -> list[str]:
-    """Driver-side validation before any cluster work: files exist, every file's schema fits the contract
-    and feeds every stage of `RERANK_CHAIN` the columns it needs."""
-    files = io.list_parquet(pairs)
-    for f in files:
-        schema = io.read_schema(f)
+@dataclass(frozen=True)
+class PairsPlan:
+    """What the driver learned about the pairs before any cluster work. `rename`: (input column, contract
+    column) pairs from `--column`; `keep`: the kept input columns (`*` expanded); `media`: whether the
+    media stage runs (a media column holds a value)."""
+
+    keep: tuple[str, ...] = ()
+    media: bool = True
+    rename: tuple[tuple[str, str], ...] = ()
+    source: Source | None = None
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.source.files) if self.source is not None else []
+
+
+def check_pairs(
+    pairs: str,
+    fmt: FileFormat = "auto",
+    columns: Sequence[str] | None = None,
+    keep_columns: Sequence[str] = (),
+) -> PairsPlan:
+    """Driver-side validation before any cluster work: files exist, every file's schema (after the
+    `--column` renames; for JSON Lines and CSV, its first block) fits the contract and feeds every stage of
+    `RERANK_CHAIN` the columns it needs, the kept columns exist, the input has rows."""
+    source = open_source(pairs, fmt, parse_columns(columns, PAIRS_SCHEMA.names), PAIRS_SCHEMA)
+    schemas = source.schemas()
+    for f, schema in schemas.items():
         check_pairs_schema(schema, where=f)
         check_chain(schema.names, RERANK_CHAIN, where=f)
-    if io.count_rows(files) == 0:
+    if source.is_empty():
         raise InputError(f"{pairs}: the input has no rows")
-    return files
+    keep = resolve_keep(keep_columns, {f: schema.names for f, schema in schemas.items()})
+    if source.format == "parquet":
+        found = media_columns_with_values(list(source.files), [source.input_name(n) for n in MEDIA_COLUMNS])
+        media = bool(found)
+    else:
+        media = any(n in schema.names for schema in schemas.values() for n in MEDIA_COLUMNS)
+    return PairsPlan(keep, media, source.rename, source)
+
+
+def check_inputs(pairs: str) -> list[str]:
+    """`check_pairs` for pairs under the contract's own column names: their files."""
+    return check_pairs(pairs).files
+
+
+def pairs_files(plan: PairsPlan, layout: OutputLayout) -> list[str]:
+    """Parquet files holding the pairs, for the resumable reader (a row's key is its position in a Parquet
+    file): the input files themselves, or for JSON Lines and CSV a Parquet copy under `_input/`, written
+    once and reused by every attempt of the run while the input files are unchanged."""
+    if plan.source is None or plan.source.format == "parquet":
+        return plan.files
+    return stage_copy(plan.source, layout.staged_pairs)
 
 
 def score_stage(ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker) -> ray.data.Dataset:
@@ -147,21 +231,23 @@ def media_columns_with_values(files: list[str], columns: list[str] = MEDIA_COLUM
     return [name for name in columns if name in found]
 
 
-MEDIA_TASK_MEMORY = 512 * 1024**2  # bytes reserved per media task: one block's fetched and decoded media
+MEDIA_TASK_MEMORY = MediaSpec().task_memory()  # bytes a media task reserves with the default media settings
 
 
 def media_stage(ds: ray.data.Dataset, cfg: RerankConfig) -> ray.data.Dataset:
     """Fetch and decode media references in CPU tasks, one block of `block_rows` rows at a time (a
-    reference shared by pairs of a block is fetched once)."""
+    reference shared by pairs of a block is fetched once). A block whose media decode to more than
+    `--media-block-bytes` comes out as several smaller blocks."""
     return ds.map_batches(
-        resolve_media,
+        resolve_media_blocks,
         fn_kwargs={"spec": cfg.media},
         batch_size=cfg.pool.block_rows,
         batch_format="pyarrow",
         num_cpus=1,
-        # Besides sizing the tasks, a memory request the scoring actors do not make keeps Ray from fusing
-        # this stage into them on CPU-only runs: fetching and decoding never run inside a scoring actor.
-        memory=MEDIA_TASK_MEMORY,
+        # Sized from the media settings (the decoded block, one item decoding, the fetches waiting to be
+        # decoded). Besides sizing the tasks, a memory request the scoring actors do not make keeps Ray from
+        # fusing this stage into them on CPU-only runs: fetching and decoding never run inside an actor.
+        memory=cfg.media.task_memory(),
         udf_modifying_row_count=False,
     )
 
@@ -183,138 +269,65 @@ def only_scored(table: pa.Table) -> pa.Table:
     return table.filter(pc.is_null(table.column(c.ROW_ERROR)))
 
 
-def block_stats(table: pa.Table) -> pa.Table:
+def block_stats(table: pa.Table) -> dict[str, int]:
+    """Counts of one scored block, summed over the checkpoint's pieces for the manifest."""
     ok = pc.is_null(table.column(c.ROW_ERROR))
-    return pa.table(
-        {
-            "rows": [table.num_rows],
-            "scored": [pc.sum(pc.cast(ok, pa.int64())).as_py() or 0],
-            "tokens": [pc.sum(table.column(c.ROW_TOKENS)).as_py() or 0],
-            "padded_tokens": [pc.sum(table.column(c.ROW_PADDED)).as_py() or 0],
-            "unsorted_padded_tokens": [pc.sum(table.column(c.ROW_UNSORTED_PADDED)).as_py() or 0],
-        }
-    )
+    return {
+        "rows": table.num_rows,
+        "scored": pc.sum(pc.cast(ok, pa.int64())).as_py() or 0,
+        "tokens": pc.sum(table.column(c.ROW_TOKENS)).as_py() or 0,
+        "padded_tokens": pc.sum(table.column(c.ROW_PADDED)).as_py() or 0,
+        "unsorted_padded_tokens": pc.sum(table.column(c.ROW_UNSORTED_PADDED)).as_py() or 0,
+    }
 
 
-def ranked_stats(table: pa.Table) -> pa.Table:
-    firsts = pc.sum(pc.cast(pc.equal(table.column(c.RANK), 1), pa.int64())).as_py() or 0
-    return pa.table({"rows": [table.num_rows], "queries": [firsts]})
+@dataclass(frozen=True)
+class Reranked:
+    """A rerank's result, lazily: `ranked` (the scored pairs with `score` and `rank`, ranked per query,
+    top-k applied, kept columns carried) and `errors` (`query_id`, `candidate_id`, `stage`, `error`: the
+    pairs that could not be scored). Both read the same scored rows; executing both executes the scoring
+    twice unless those rows were materialized (`rerank_dataset(..., materialize_scores=True)`)."""
+
+    ranked: ray.data.Dataset
+    errors: ray.data.Dataset
 
 
-def run_rerank(
+def score_pairs(
+    ds: ray.data.Dataset,
     cfg: RerankConfig,
+    plan: PairsPlan,
     worker_cls=RerankWorker,
     extra_stages=(),
+) -> ray.data.Dataset:
+    """rename (`--column`) ─► validate ─► `extra_stages` ─► media (when `plan.media`) ─► score: one row
+    per input row, its `score` or its `__error`, internal columns included. `cfg` gives the reranker,
+    the pool and the media limits."""
+    if plan.rename:
+        ds = ds.rename_columns(dict(plan.rename))
+    ds = ds.map_batches(
+        validate_pairs, fn_kwargs={"keep": plan.keep}, batch_format="pyarrow", batch_size=None
+    )
+    for stage in extra_stages:
+        ds = stage(ds)
+    if plan.media:
+        ds = media_stage(ds, cfg)
+    return score_stage(ds, cfg, worker_cls)
+
+
+def rank_scored(
+    scored: ray.data.Dataset,
     *,
-    manifest_name: str = "manifest.json",
-    keep_scored: bool = False,
-) -> dict:
-    """Run (or resume) one rerank. Returns the manifest. Assumes `ray.init` was called.
-
-    A job that composes this one (the nightly refresh) passes `manifest_name` to keep `manifest.json`,
-    written last, for its own manifest, and `keep_scored` to read every scored pair from `_scored/`
-    (internal columns included) before removing it itself."""
-    cfg.validate()
-    layout = OutputLayout(cfg.output, manifest_name)
-    run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    if io.exists(layout.manifest):
-        manifest = io.read_json(layout.manifest)
-        if cfg.run_id is None or manifest.get("run_id") == run_id:
-            manifest["resumed"] = "already complete"
-            return manifest
-        raise InputError(
-            f"{cfg.output} already holds the complete run {manifest.get('run_id')!r}; choose another --output"
-        )
-    files = check_inputs(cfg.pairs)
-    total_rows = io.count_rows(files)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    resumed_scoring = (
-        io.exists(layout.scored_done) and io.read_json(layout.scored_done).get("run_id") == run_id
-    )
-    if not resumed_scoring:
-        io.remove(layout.scored)
-        ds = ray.data.read_parquet(files, filesystem=io.pyarrow_filesystem(cfg.pairs))
-        ds = ds.map_batches(validate_pairs, batch_format="pyarrow", batch_size=None)
-        for stage in extra_stages:
-            ds = stage(ds)
-        if media_columns_with_values(files):
-            ds = media_stage(ds, cfg)
-        ds = score_stage(ds, cfg, worker_cls)
-        t0 = time.perf_counter()
-        ds.write_parquet(layout.scored, filesystem=io.pyarrow_filesystem(cfg.output))
-        timings["score_s"] = time.perf_counter() - t0
-        io.write_json(layout.scored_done, {"run_id": run_id})
-
-    fs_out = io.pyarrow_filesystem(cfg.output)
-    scored = ray.data.read_parquet(layout.scored, filesystem=fs_out)
-    io.remove(layout.ranked)
-    io.remove(layout.errors)
-    t0 = time.perf_counter()
-    scored.map_batches(to_errors, batch_format="pyarrow").write_parquet(layout.errors, filesystem=fs_out)
-    (
+    top_k: int | None = None,
+    keep: Sequence[str] = (),
+    num_partitions: int | None = None,
+) -> Reranked:
+    """Split scored rows (from `score_pairs`) into the errors table and the ranked table: each query's
+    rows brought together by a hash shuffle on `query_id` (`num_partitions` reduce tasks; None: Ray's
+    default) and ranked, top-k applied."""
+    errors = scored.map_batches(to_errors, batch_format="pyarrow")
+    ranked = (
         scored.map_batches(only_scored, batch_format="pyarrow")
-        .groupby(c.QUERY_ID, num_partitions=rank_partitions(total_rows))
-        .map_groups(rank_group, fn_kwargs={"top_k": cfg.top_k}, batch_format="pyarrow")
-        .write_parquet(layout.ranked, filesystem=fs_out)
+        .groupby(c.QUERY_ID, num_partitions=num_partitions)
+        .map_groups(rank_group, fn_kwargs={"top_k": top_k, "keep": tuple(keep)}, batch_format="pyarrow")
     )
-    timings["rank_write_s"] = time.perf_counter() - t0
-
-    stats = scored.map_batches(block_stats, batch_format="pyarrow", batch_size=None).sum(
-        ["rows", "scored", "tokens", "padded_tokens", "unsorted_padded_tokens"]
-    )
-    ranked = ray.data.read_parquet(layout.ranked, filesystem=fs_out).map_batches(
-        ranked_stats, batch_format="pyarrow", batch_size=None
-    )
-    ranked_counts = ranked.sum(["rows", "queries"])
-    timings["total_s"] = time.perf_counter() - started
-    manifest = _manifest(
-        cfg,
-        run_id,
-        files,
-        stats,
-        int(ranked_counts["sum(queries)"]),
-        int(ranked_counts["sum(rows)"]),
-        timings,
-        resumed_scoring,
-    )
-    if not keep_scored:
-        io.remove(layout.scored)
-        io.remove(layout.scored_done)
-    io.write_json(layout.manifest, manifest)
-    return manifest
-
-
-def _manifest(cfg, run_id, files, stats, queries, ranked_rows, timings, resumed) -> dict:
-    rows, scored = int(stats["sum(rows)"]), int(stats["sum(scored)"])
-    tokens, padded = int(stats["sum(tokens)"]), int(stats["sum(padded_tokens)"])
-    unsorted = int(stats["sum(unsorted_padded_tokens)"])
-    score_s = timings.get("score_s")
-    return {
-        "run_id": run_id,
-        "model": {"id": cfg.reranker.model, **model_fingerprint(cfg.reranker.model)},
-        "config": asdict(cfg),
-        "input_files": files,
-        "counts": {
-            "pairs_in": rows,
-            "scored": scored,
-            "failed": rows - scored,
-            "queries": queries,
-            "ranked_rows": ranked_rows,
-        },
-        "tokens": {
-            "real": tokens,
-            "padded": padded,
-            "padding_efficiency": tokens / padded if padded else None,
-            "unsorted_fixed_batches_padded": unsorted,
-            "unsorted_fixed_batches_padding_efficiency": tokens / unsorted if unsorted else None,
-        },
-        "timings": timings,
-        "throughput": {
-            "pairs_per_s": scored / score_s if score_s else None,
-            "tokens_per_s": tokens / score_s if score_s else None,
-        },
-        "resumed_scoring": resumed,
-        "versions": library_versions(),
-    }
+    return Reranked(ranked=ranked, errors=errors)

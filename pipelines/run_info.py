@@ -46,6 +46,19 @@ def model_fingerprint(model: str, revision: str | None = None) -> dict:
     return {"revision": commit or revision, "fingerprint": f"hub:{commit}" if commit else None}
 
 
+def pinned(spec):
+    """`spec` with a hub id's revision resolved to its commit, so every actor loads exactly that commit
+    (a local directory or an s3:// prefix is returned as is)."""
+    from dataclasses import replace
+
+    from actors.model_source import is_remote
+
+    if os.path.isdir(os.path.expanduser(spec.model)) or is_remote(spec.model):
+        return spec
+    commit = hub_commit(spec.model, spec.revision)
+    return replace(spec, revision=commit) if commit else spec
+
+
 def hub_commit(repo_id: str, revision: str | None) -> str | None:
     """The commit a hub id at `revision` resolves to (online, or from the local cache when HF_HUB_OFFLINE
     is set or the hub is unreachable); None when neither knows it."""

@@ -14,6 +14,7 @@ whose fields differ fails naming what changed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -115,8 +116,7 @@ def check_identity(output: str, run_id: str, fields: dict) -> bool:
             f"{output} holds the unfinished run {record.get('run_id')!r}; pass --run-id "
             f"{record.get('run_id')} to resume it, --mode overwrite to replace it, or another --output"
         )
-    before = record.get("fields", {})
-    changed = sorted(k for k in set(before) | set(fields) if _norm(before.get(k)) != _norm(fields.get(k)))
+    changed = changed_fields(record.get("fields", {}), fields)
     if changed:
         raise InputError(
             f"run {run_id!r} at {output} was started with a different {', '.join(changed)}; resume it with "
@@ -125,7 +125,10 @@ def check_identity(output: str, run_id: str, fields: dict) -> bool:
     return True
 
 
-def _norm(value):
-    import json
+def changed_fields(before: dict, now: dict) -> list[str]:
+    """The names whose values differ (compared as JSON, so tuples equal the lists they were saved as)."""
 
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+    def norm(value):
+        return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+    return sorted(k for k in set(before) | set(now) if norm(before.get(k)) != norm(now.get(k)))

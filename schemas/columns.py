@@ -18,6 +18,12 @@ ERROR = "error"
 DOC_ID = "doc_id"
 RELEVANCE = "relevance"
 
+# The BEIR layout's own names: corpus.jsonl and queries.jsonl rows, and the header of qrels/<split>.tsv.
+BEIR_ID = "_id"
+BEIR_TITLE = "title"
+BEIR_TEXT = "text"
+BEIR_QRELS_HEADER = ("query-id", "corpus-id", "score")
+
 # Embedding tables and the score cache of the nightly refresh.
 CONTENT_HASH = "content_hash"  # sha256 of a row's canonical content (see pipelines.content_hash)
 EMBEDDING = "embedding"  # fixed_size_list<float32>[dim]

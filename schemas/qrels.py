@@ -1,9 +1,11 @@
-"""Relevance judgements (qrels): reading Parquet or TREC text, validated with one-line errors.
+"""Relevance judgements (qrels): reading Parquet, TREC text or BEIR TSV, validated with one-line errors.
 
 Parquet qrels have the columns `query_id`, `doc_id` (string or integer; integers are read as their
 decimal string) and `relevance` (integer). TREC qrels text has one judgement per line,
 ``query_id iteration doc_id relevance`` separated by whitespace (the iteration field is ignored, as in
-trec_eval). A path ending in ``.parquet`` or naming a directory is read as Parquet; anything else as text.
+trec_eval). BEIR qrels (``qrels/<split>.tsv``) start with the header line ``query-id corpus-id score``
+and hold ``query_id<TAB>doc_id<TAB>relevance`` per line; the header tells them apart from TREC text.
+A path ending in ``.parquet`` or naming a directory is read as Parquet; anything else as text.
 Local paths and ``s3://`` URIs are accepted.
 
 Qrels are small (one row per judged document), so they are read on the driver and shipped to workers.
@@ -18,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas.columns import DOC_ID, QUERY_ID, RELEVANCE
+from schemas.columns import BEIR_QRELS_HEADER, DOC_ID, QUERY_ID, RELEVANCE
 
 QRELS_COLUMNS = (QUERY_ID, DOC_ID, RELEVANCE)
 
@@ -31,7 +33,7 @@ class QrelsError(ValueError):
 
 
 def read_qrels(path: str) -> Qrels:
-    """Read and validate qrels from `path` (Parquet file or directory, or TREC qrels text)."""
+    """Read and validate qrels from `path` (Parquet file or directory, TREC qrels text or BEIR TSV)."""
     fs, fs_path = resolve_filesystem(path, "qrels")
     info = fs.get_file_info(fs_path)
     if info.type == pafs.FileType.NotFound:
@@ -39,7 +41,7 @@ def read_qrels(path: str) -> Qrels:
     if info.type == pafs.FileType.Directory or fs_path.endswith(".parquet"):
         table = _read_parquet(fs, fs_path, path, is_dir=info.type == pafs.FileType.Directory)
     else:
-        table = _read_trec_text(fs, fs_path, path)
+        table = _read_text(fs, fs_path, path)
     return _to_qrels(table, path)
 
 
@@ -96,31 +98,48 @@ def _read_parquet(fs: pafs.FileSystem, fs_path: str, path: str, *, is_dir: bool)
         raise QrelsError(f"qrels {path}: files disagree on column types ({exc})") from exc
 
 
-def _read_trec_text(fs: pafs.FileSystem, fs_path: str, path: str) -> pa.Table:
+def _read_text(fs: pafs.FileSystem, fs_path: str, path: str) -> pa.Table:
+    """TREC qrels text, or BEIR TSV when the first non-empty line is BEIR's header."""
     with fs.open_input_stream(fs_path) as stream:
         raw = stream.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise QrelsError(
-            f"qrels {path}: not UTF-8 text; pass TREC qrels text or a .parquet file ({exc})"
+            f"qrels {path}: not UTF-8 text; pass TREC qrels text, BEIR TSV or a .parquet file ({exc})"
         ) from exc
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if lines and tuple(lines[0][1].split()) == BEIR_QRELS_HEADER:
+        return _parse_lines(lines[1:], path, _beir_fields)
+    return _parse_lines(lines, path, _trec_fields)
+
+
+def _trec_fields(line: str) -> tuple[str, str, str] | str:
+    fields = line.split()
+    if len(fields) != 4:
+        return f"expected 4 fields 'query_id iteration doc_id relevance', got {len(fields)}"
+    return fields[0], fields[2], fields[3]
+
+
+def _beir_fields(line: str) -> tuple[str, str, str] | str:
+    fields = [f.strip() for f in line.split("\t")]
+    if len(fields) != 3:
+        return f"expected 3 tab-separated fields 'query-id corpus-id score' (BEIR), got {len(fields)}"
+    return fields[0], fields[1], fields[2]
+
+
+def _parse_lines(lines: list[tuple[int, str]], path: str, split) -> pa.Table:
     qids, docs, rels = [], [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 4:
-            raise QrelsError(
-                f"qrels {path}:{lineno}: expected 4 fields 'query_id iteration doc_id relevance', "
-                f"got {len(fields)}: {line.strip()[:80]!r}"
-            )
+    for lineno, line in lines:
+        fields = split(line)
+        if isinstance(fields, str):
+            raise QrelsError(f"qrels {path}:{lineno}: {fields}: {line.strip()[:80]!r}")
         try:
-            rel = int(fields[3])
+            rel = int(fields[2])
         except ValueError:
-            raise QrelsError(f"qrels {path}:{lineno}: relevance {fields[3]!r} is not an integer") from None
+            raise QrelsError(f"qrels {path}:{lineno}: relevance {fields[2]!r} is not an integer") from None
         qids.append(fields[0])
-        docs.append(fields[2])
+        docs.append(fields[1])
         rels.append(rel)
     if not qids:
         raise QrelsError(f"qrels {path}: no judgements found")

@@ -47,6 +47,15 @@ class InputError(ValueError):
     """Bad user input, reported as one line naming the column or path and the fix."""
 
 
+class TooManyErrors(Exception):
+    """A run that completed (its output and manifest are written) with more failed rows than allowed:
+    jobs exit 3. `summary` is what the job prints on stdout as for a good run."""
+
+    def __init__(self, message: str, summary: str):
+        super().__init__(message)
+        self.summary = summary
+
+
 def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
 

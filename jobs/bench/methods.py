@@ -3,7 +3,7 @@
 (a) `rank_loop`: one `CrossEncoder.rank(query, documents)` call per query, what a user writes by hand;
 (b) `predict_all`: one `CrossEncoder.predict` over every pair at its default batching (32 pairs, sorted by
     characters); (c) `bare_forward`: only the model forward over the pipeline's own micro-batches,
-    tokenised beforehand, no Ray; (d) `pipeline`: `pipelines.rerank.run_rerank` end to end on Ray, timed
+    tokenised beforehand, no Ray; (d) `pipeline`: `pipelines.rerank_run.run_rerank` end to end on Ray, timed
     from inside its actors as well (`TimedRerankWorker`).
 Each returns a `Timed`: wall seconds, the scores (for parity), and what was padded.
 """
@@ -203,7 +203,7 @@ def pipeline(cfg, work: Workload, pairs_dir: str, output: str) -> Timed:
     import pyarrow.parquet as pq
     import ray
 
-    from pipelines.rerank import run_rerank
+    from pipelines.rerank_run import run_rerank
 
     clock = _clock()
     ray.get(clock.drain.remote())

@@ -1,9 +1,9 @@
 """Multimodal pairs through `run_rerank` on the shared Ray, with tiny Qwen2-VL and Qwen2-Audio rerankers.
 
 Media are real files made here, referenced as local paths, file://, http:// (a loopback HTTP server with a
-path that hangs) and s3:// (a loopback S3-compatible server). Each run mixes good and bad references: every
-good pair must score what `CrossEncoder.predict` gives on the same inputs decoded independently here, and
-every bad pair must be in errors/ with its reason.
+path that hangs, allowed with `allow_networks`) and s3:// (a loopback S3-compatible server). Each run mixes
+good and bad references: every good pair must score what `CrossEncoder.predict` gives on the same inputs
+decoded independently here, and every bad pair must be in errors/ with its reason.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from sentence_transformers import CrossEncoder
 from actors.media_loader import MediaSpec
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
-from pipelines.rerank import RerankConfig, run_rerank
+from pipelines.rerank import RerankConfig
+from pipelines.rerank_run import run_rerank
 from tests.media_files import (
     closed_port,
     http_server,
@@ -31,6 +32,9 @@ from tests.media_files import (
 from tests.pairs_data import write_shards
 
 BUCKET = "media-it"
+# The test servers listen on loopback, which the address policy refuses by default. The S3 endpoint is
+# the operator's own setting, not corpus data: the policy does not apply to it.
+LOOPBACK = ("127.0.0.0/8",)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +143,8 @@ def run_and_check(tmp_path, rows, model, reference: CrossEncoder, media_spec: Me
         "failed": len(bad_rows),
         "queries": len(by_query),
         "ranked_rows": len(good_rows),
+        "pairs_resumed": 0,
+        "pairs_scored_this_run": len(rows),  # pairs handled by this run (scored or failed), none resumed
     }
     assert manifest["config"]["media"]["timeout_s"] == media_spec.timeout_s
     return manifest
@@ -155,6 +161,7 @@ def test_image_and_video_pairs_with_bad_references(ray_session, tmp_path, media,
         max_image_pixels=100_000,
         max_video_frames=16,
         s3_endpoint_url=endpoint,
+        allow_networks=LOOPBACK,
     )
     q = "a red square"
     rows = [
@@ -346,7 +353,7 @@ def test_audio_pairs_with_a_model_directory_without_modules_json(
     ids = transformer.tokenizer.convert_tokens_to_ids
     reference = CrossEncoder(modules=[transformer, LogitScore(ids("yes"), ids("no"))], num_labels=1)
     tone = str(m["tone"])
-    spec = MediaSpec(timeout_s=5.0, max_audio_seconds=3.0, s3_endpoint_url=endpoint)
+    spec = MediaSpec(timeout_s=5.0, max_audio_seconds=3.0, s3_endpoint_url=endpoint, allow_networks=LOOPBACK)
     q = "a tone"
     rows = [
         good("t2a", "tone", (q, audio(m["tone"])), query_text=q, candidate_audio=tone),
@@ -445,5 +452,5 @@ def test_media_stage_runs_in_cpu_tasks_not_in_the_scoring_actors(ray_session, tm
     ds = ray.data.read_parquet(str(tmp_path)).map_batches(validate_pairs, batch_format="pyarrow")
     score_stage(media_stage(ds, cfg), cfg).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
-    assert "TaskPoolMapOperator[MapBatches(resolve_media)]" in optimized
+    assert "TaskPoolMapOperator[MapBatches(resolve_media_blocks)]" in optimized
     assert "ActorPoolMapOperator[MapBatches(RerankWorker)]" in optimized

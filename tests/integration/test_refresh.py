@@ -4,6 +4,7 @@ killed in the middle leaves LATEST on the previous run and resumes without dupli
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -262,3 +263,89 @@ def test_killed_night_keeps_latest_then_resumes_incrementally(data, minilm, qwen
     # The same run id again: already complete, nothing rewritten.
     again = run_refresh(cfg)
     assert again["resumed"] == "already complete" and read_latest(str(root)) == "night2"
+
+
+# ------------------------------------------------------------------------------------------------ BEIR
+
+
+def write_beir(root: Path, rng: random.Random) -> tuple[Path, dict, dict]:
+    """A BEIR-layout directory: 30 documents (every third without a title), 6 queries of which 4 are judged
+    in qrels/test.tsv (graded) and 2 only in qrels/train.tsv. Returns (dir, documents, test qrels)."""
+    (root / "qrels").mkdir(parents=True)
+    docs = {
+        f"doc{i}": {
+            "_id": f"doc{i}",
+            "title": "" if i % 3 == 0 else f"Title {i}",
+            "text": text(rng, 4 + i % 7),
+        }
+        for i in range(30)
+    }
+    queries = [{"_id": f"q{i}", "text": text(rng, 3)} for i in range(6)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs.values()))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    test = {f"q{i}": {f"doc{(5 * i + j) % 30}": 1 + j % 2 for j in range(3)} for i in range(4)}
+    for split, judged in (("test", test), ("train", {"q4": {"doc1": 1}, "q5": {"doc2": 1}})):
+        lines = [f"{q}\t{d}\t{r}" for q, ds in judged.items() for d, r in ds.items()]
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
+    return root, docs, test
+
+
+def test_beir_directory_through_refresh_and_evaluate_equals_pytrec_eval(
+    ray_session, tmp_path, minilm, qwen3_causal
+):
+    from jobs import evaluate, refresh
+    from tests.integration.test_evaluate import _assert_matches, _pytrec
+
+    beir, docs, qrels = write_beir(tmp_path / "beir", random.Random(11))
+    root = tmp_path / "root"
+    argv = [
+        "--beir",
+        str(beir),
+        "--split",
+        "test",
+        "--embed-model",
+        minilm,
+        "--rerank-model",
+        str(qwen3_causal),
+    ]
+    argv += ["--rerank-max-length", "64", "--output", str(root), "--retrieve-k", "5", "--run-id", "beir1"]
+    assert refresh.main([*argv, "--progress-interval", "0"]) == 0
+    run = root / "runs" / "beir1"
+
+    candidates = read_dir(run / "candidates")
+    assert {r["query_id"] for r in candidates} == set(qrels)  # the split's queries only, as BEIR loads them
+    for r in candidates:  # title and text joined as BEIR's evaluation joins them
+        d = docs[r["candidate_id"]]
+        assert r["candidate_text"] == (f"{d['title']} {d['text']}" if d["title"] else d["text"])
+    ranked = read_dir(run / "ranked")
+    runs = {
+        "retrieval": {
+            q: {r["candidate_id"]: r["retrieval_score"] for r in candidates if r["query_id"] == q}
+            for q in qrels
+        },
+        "reranked": {q: {r["candidate_id"]: r["score"] for r in ranked if r["query_id"] == q} for q in qrels},
+    }
+    ks = [1, 3, 5, 10]
+    nightly = json.loads((run / "eval" / "metrics.json").read_text())
+    out = tmp_path / "eval"
+    qrels_tsv = str(beir / "qrels" / "test.tsv")
+    runs_args = ["--run", f"retrieval={run}:candidates", "--run", f"reranked={run}"]
+    code = evaluate.main(
+        [
+            "--qrels",
+            qrels_tsv,
+            *runs_args,
+            "--output",
+            str(out),
+            "--k",
+            "1,3,5,10",
+            "--progress-interval",
+            "0",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name, scores in runs.items():
+        reference = _pytrec(qrels, scores, ks)
+        _assert_matches(metrics["runs"][name], reference, ks)
+        _assert_matches(nightly["runs"][name], reference, ks)

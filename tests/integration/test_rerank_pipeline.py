@@ -11,7 +11,8 @@ from sentence_transformers import CrossEncoder
 
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
-from pipelines.rerank import RerankConfig, run_rerank
+from pipelines.rerank import RerankConfig
+from pipelines.rerank_run import run_rerank
 from tests.pairs_data import adversarial_pairs, write_shards
 
 

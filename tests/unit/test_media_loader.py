@@ -33,6 +33,9 @@ from tests.media_files import (
 )
 
 SPEC = MediaSpec(timeout_s=2.0)
+LOOPBACK = (
+    "127.0.0.0/8",
+)  # the test servers listen on loopback, which the address policy refuses by default
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +237,7 @@ def test_caps_and_bad_references_become_readable_reasons(media):
 
 
 def test_http_fetch_404_hang_refused_and_redirects(media):
-    spec = MediaSpec(timeout_s=1.0)
+    spec = MediaSpec(timeout_s=1.0, allow_networks=LOOPBACK)
     with http_server(media["dir"], hang_s=30) as base:
         assert fetch_bytes(f"{base}/a.png", spec) == media["png"].read_bytes()
         refs = [

@@ -1,0 +1,130 @@
+"""Reranking from Python: a step of a Ray Data pipeline, or a call on a list of pairs.
+
+    import ray
+    from pipelines.api import RerankerSpec, rerank_dataset
+
+    pairs = ray.data.read_parquet("s3://bucket/pairs/").filter(expr="lang == 'en'")
+    result = rerank_dataset(pairs, RerankerSpec(model="Qwen/Qwen3-Reranker-0.6B"), top_k=10)
+    result.ranked.filter(expr="rank <= 3").write_parquet("s3://bucket/top3/")
+
+`rerank_dataset` builds the stages `jobs.rerank` runs (validate ─► media ─► score ─► rank per query), from
+the same functions, and returns lazy Datasets: nothing runs until they are consumed. The settings are the
+job's own specs (`RerankerSpec`, `PoolSpec`, `MediaSpec`), validated here as the CLI validates them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from actors.media_loader import MEDIA_COLUMNS, MediaSpec
+from actors.pool import PoolSpec
+from actors.reranker import RerankerSpec
+from pipelines.rerank import RERANK_CHAIN, PairsPlan, RerankConfig, Reranked, rank_scored, score_pairs
+from pipelines.stages import check_chain
+from pipelines.validate_pairs import ALL_COLUMNS, resolve_keep
+from schemas import columns as c
+from schemas.tables import InputError, check_pairs_schema
+
+__all__ = [
+    "MediaSpec",
+    "PoolSpec",
+    "Reranked",
+    "RerankedRows",
+    "RerankerSpec",
+    "rerank_dataset",
+    "rerank_pairs",
+]
+
+WHERE = "the pairs Dataset"
+
+
+def rerank_dataset(
+    pairs: ray.data.Dataset,
+    reranker: RerankerSpec,
+    *,
+    pool: PoolSpec | None = None,
+    media: MediaSpec | None = None,
+    top_k: int | None = None,
+    keep_columns: Sequence[str] = (),
+    num_partitions: int | None = None,
+    materialize_scores: bool = False,
+) -> Reranked:
+    """Rerank a Dataset of pairs (the columns of the pairs contract: `query_id`, `candidate_id`, and per
+    side text or media references). Returns `Reranked(ranked, errors)`, both lazy.
+
+    `keep_columns`: input columns carried into `ranked` unchanged (`["*"]`: every one). `num_partitions`:
+    reduce tasks of the per-query shuffle (None: Ray's default). `materialize_scores`: score now and hold
+    the scored rows in Ray's object store, so that consuming both `ranked` and `errors` scores once (the
+    CLI keeps them in its checkpoint instead). A bad setting raises `SettingError` naming the field
+    (`reranker.max_length: ...`); when the Dataset knows its schema, a missing column raises `InputError`
+    before anything runs."""
+    cfg = RerankConfig(
+        pairs=WHERE,  # the stages read their settings from a job config; a Dataset has no path or output
+        output="",
+        reranker=reranker,
+        pool=pool or PoolSpec(),
+        media=media or MediaSpec(),
+        top_k=top_k,
+        keep_columns=tuple(keep_columns),
+    ).validate()
+    plan = plan_for(pairs, cfg.keep_columns)
+    scored = score_pairs(pairs, cfg, plan)
+    if materialize_scores:
+        scored = scored.materialize()
+    return rank_scored(scored, top_k=top_k, keep=plan.keep, num_partitions=num_partitions)
+
+
+def plan_for(pairs: ray.data.Dataset, keep: Sequence[str]) -> PairsPlan:
+    """The checks `jobs.rerank` runs on files, run on the Dataset's schema when Ray knows it without
+    executing anything (reading Parquet, from Python rows); `*` asks Ray for it (one block may run). Without
+    a schema the media stage stays in (it passes rows without media through)."""
+    schema = pairs.schema(fetch_if_missing=ALL_COLUMNS in keep)
+    if schema is None:
+        return PairsPlan(keep=tuple(keep), media=True)  # a kept column the rows lack fails on a worker
+    names = list(schema.names)
+    if isinstance(schema.base_schema, pa.Schema):
+        check_pairs_schema(schema.base_schema, where=WHERE)
+    check_chain(names, RERANK_CHAIN, where=WHERE)
+    return PairsPlan(keep=resolve_keep(keep, {WHERE: names}), media=any(n in names for n in MEDIA_COLUMNS))
+
+
+@dataclass(frozen=True)
+class RerankedRows:
+    """`rerank_pairs`' result: `ranked` rows ordered by query_id then rank, and the `errors` rows."""
+
+    ranked: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+
+
+def rerank_pairs(
+    pairs: Iterable[Mapping[str, Any]] | pa.Table,
+    reranker: RerankerSpec,
+    *,
+    pool: PoolSpec | None = None,
+    media: MediaSpec | None = None,
+    top_k: int | None = None,
+    keep_columns: Sequence[str] = (),
+) -> RerankedRows:
+    """Rerank a small in-memory list of pairs (dicts with the pairs contract's keys, or an Arrow table) and
+    return the rows. Starts a local Ray instance when none is running, as Ray Data does; for data that
+    does not fit in the driver's memory use `rerank_dataset`."""
+    table = pairs if isinstance(pairs, pa.Table) else pa.Table.from_pylist(list(pairs))
+    if table.num_rows == 0:
+        raise InputError("rerank_pairs: no pairs given")
+    result = rerank_dataset(
+        ray.data.from_arrow(table),
+        reranker,
+        pool=pool,
+        media=media,
+        top_k=top_k,
+        keep_columns=keep_columns,
+        num_partitions=1,
+        materialize_scores=True,
+    )
+    ranked = sorted(result.ranked.take_all(), key=lambda r: (r[c.QUERY_ID], r[c.RANK]))
+    return RerankedRows(ranked=ranked, errors=result.errors.take_all())

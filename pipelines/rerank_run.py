@@ -1,0 +1,248 @@
+"""One rerank run as a job: identity, one driver, resumable scoring, ranking, the manifest.
+
+1. The run's identity (model fingerprint and revision, every setting that changes a score, top-k, the input
+   files with sizes and modification times) is checked against an earlier attempt of the same run id, and
+   an output holding a complete run is returned only for the same run id and identity (`--mode`).
+2. A lease (`pipelines.run_lease`) keeps a second driver off the same output.
+3. Scoring commits each block as a piece (`pipelines.checkpoint`) as it goes: an attempt scores only the
+   rows no committed piece holds, so a killed driver loses at most the blocks in flight.
+4. Ranking and the errors table read the committed pieces; `manifest.json` is written last, then the
+   checkpoint is removed (a kill in between leaves a complete run, not a marker over partial data).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from actors.reranker import RerankWorker
+from pipelines import io, progress
+from pipelines.checkpoint import Checkpoint, commit_piece
+from pipelines.read_pairs import read_keyed_pairs
+from pipelines.rerank import (
+    OutputLayout,
+    PairsPlan,
+    RerankConfig,
+    block_stats,
+    check_pairs,
+    pairs_files,
+    rank_partitions,
+    rank_scored,
+    score_pairs,
+)
+from pipelines.run_info import library_versions, model_fingerprint, pinned, resolved_dtype
+from pipelines.run_lease import Lease, changed_fields, check_identity, input_stats
+from schemas import columns as c
+from schemas.tables import InputError
+
+# RerankerSpec fields that change a score (batch_tokens and device do not).
+SCORE_SETTINGS = (
+    "prompt",
+    "max_length",
+    "score_path",
+    "fp32_head",
+    "prefix_reuse",
+    "attn_implementation",
+    "trust_remote_code",
+)
+
+
+def identity_fields(cfg: RerankConfig, files: list[str]) -> dict:
+    """Everything that decides a run's output, by name (a changed one is named in the error)."""
+    spec = cfg.reranker
+    model = model_fingerprint(spec.model, spec.revision)
+    return {
+        "model": [spec.model, model.get("revision"), model.get("fingerprint")],
+        **{name: getattr(spec, name) for name in SCORE_SETTINGS},
+        "dtype": resolved_dtype(spec, cfg.pool),
+        "top_k": cfg.top_k,
+        "columns": list(cfg.columns or ()),
+        "keep_columns": list(cfg.keep_columns),
+        "inputs": input_stats(files),
+    }
+
+
+def run_rerank(
+    cfg: RerankConfig,
+    worker_cls=RerankWorker,
+    extra_stages=(),
+    *,
+    manifest_name: str = "manifest.json",
+    keep_scored: bool = False,
+) -> dict:
+    """Run (or resume) one rerank. Returns the manifest. Assumes `ray.init` was called.
+
+    A job that composes this one (the nightly refresh) passes `manifest_name` to keep `manifest.json`,
+    written last, for its own manifest, and `keep_scored` to read every scored pair from the checkpoint
+    (internal columns included) before removing it itself."""
+    cfg.validate()
+    layout = OutputLayout(cfg.output, manifest_name)
+    plan = check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
+    files = plan.files
+    cfg = replace(cfg, reranker=pinned(cfg.reranker))  # a hub id loads exactly the commit resolved here
+    fields = identity_fields(cfg, files)
+    run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    complete = _complete_run(layout, cfg, run_id, fields)
+    if complete is not None:
+        return complete
+    with Lease(cfg.output):
+        if cfg.mode == "overwrite":
+            _wipe(layout)
+        elif cfg.mode == "error" and io.exists(io.join(cfg.output, "_run.json")):
+            raise InputError(f"{cfg.output} already holds a run (--mode error); choose another --output")
+        resumed = check_identity(cfg.output, run_id, fields)
+        manifest = _run(cfg, layout, run_id, fields, plan, resumed, worker_cls, extra_stages)
+        io.write_json(layout.manifest, manifest)
+        if not keep_scored:
+            Checkpoint(cfg.output).remove()
+        io.remove(layout.staged_pairs)
+        io.remove(io.join(cfg.output, "_run.json"))
+    return manifest
+
+
+def _complete_run(layout: OutputLayout, cfg: RerankConfig, run_id: str, fields: dict) -> dict | None:
+    """The manifest of a complete run at `layout` when it is this very run; None when there is none (or
+    `--mode overwrite` replaces it). Any other complete run is an error naming the difference."""
+    if not io.exists(layout.manifest):
+        return None
+    if cfg.mode == "overwrite":
+        _wipe(layout)
+        return None
+    manifest = io.read_json(layout.manifest)
+    held = manifest.get("run_id")
+    if cfg.run_id is None or held != run_id or cfg.mode == "error":
+        raise InputError(
+            f"{cfg.output} already holds the complete run {held!r}; pass --run-id {held} to get it back, "
+            "--mode overwrite to replace it, or choose another --output"
+        )
+    changed = changed_fields(manifest.get("identity", {}), fields)
+    if changed:
+        raise InputError(
+            f"run {run_id!r} at {cfg.output} is complete with a different {', '.join(changed)}; pass "
+            "--mode overwrite to redo it, or choose another --run-id"
+        )
+    return {**manifest, "resumed": "already complete"}
+
+
+def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extra_stages) -> dict:
+    files = pairs_files(plan, layout)  # Parquet: the input, or a copy of JSON Lines / CSV pairs
+    ckpt = Checkpoint(cfg.output)
+    if not resumed:
+        ckpt.remove()  # pieces of an attempt whose identity record is gone cannot be trusted
+    committed = ckpt.committed_keys()
+    total = io.count_rows(files)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if len(committed) < total:
+        with progress.stage("score", f"{total - len(committed)} of {total} pairs to score"):
+            ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages)
+            ds = ds.map_batches(
+                commit_piece,
+                fn_kwargs={"directory": ckpt.directory, "stats": block_stats},
+                batch_format="pyarrow",
+                batch_size=None,
+            )
+            t0 = time.perf_counter()
+            with progress.Ticker("pairs scored", total, ckpt.committed_rows):
+                ds.materialize()
+            timings["score_s"] = time.perf_counter() - t0
+    pieces = ckpt.pieces()
+    if ckpt.committed_rows() != total:
+        raise RuntimeError(f"checkpoint {ckpt.directory} holds {ckpt.committed_rows()} of {total} pairs")
+
+    with progress.stage("rank"):
+        t0 = time.perf_counter()
+        fs_out = io.pyarrow_filesystem(cfg.output)
+        scored = ray.data.read_parquet(pieces, filesystem=fs_out)
+        io.remove(layout.ranked)
+        io.remove(layout.errors)
+        result = rank_scored(scored, top_k=cfg.top_k, keep=plan.keep, num_partitions=rank_partitions(total))
+        result.errors.write_parquet(layout.errors, filesystem=fs_out)
+        result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
+        timings["rank_write_s"] = time.perf_counter() - t0
+    stats = ckpt.stats()
+    queries, ranked_rows = _ranked_counts(layout.ranked)
+    timings["total_s"] = time.perf_counter() - started
+    return _manifest(cfg, run_id, fields, plan.files, stats, queries, ranked_rows, timings, len(committed))
+
+
+def _ranked_counts(ranked: str) -> tuple[int, int]:
+    """(queries, rows) in ranked/: rows from the files' footers, queries from their `rank` column alone
+    (4 bytes a row, read here rather than paying a cluster round trip). A run in which every pair failed
+    writes no ranked file: the folder is still created, empty."""
+    fs, path = io.filesystem(ranked)
+    fs.makedirs(path, exist_ok=True)
+    queries = rows = 0
+    for file in (p for p in fs.find(path) if p.endswith(".parquet")):
+        with fs.open(file, "rb") as f:
+            ranks = pq.read_table(f, columns=[c.RANK]).column(c.RANK)
+        rows += len(ranks)
+        queries += pc.sum(pc.equal(ranks, 1).cast(pa.int64())).as_py() or 0
+    return queries, rows
+
+
+def _manifest(cfg, run_id, fields, files, stats, queries, ranked_rows, timings, resumed_pairs) -> dict:
+    rows, scored = stats.get("rows", 0), stats.get("scored", 0)
+    tokens, padded = stats.get("tokens", 0), stats.get("padded_tokens", 0)
+    unsorted = stats.get("unsorted_padded_tokens", 0)
+    score_s = timings.get("score_s")
+    failed = rows - scored
+    error_rate = failed / rows if rows else 0.0
+    this_run = rows - resumed_pairs
+    return {
+        "run_id": run_id,
+        "model": {
+            "id": cfg.reranker.model,
+            **model_fingerprint(cfg.reranker.model, cfg.reranker.revision),
+            "trust_remote_code": cfg.reranker.trust_remote_code,
+        },
+        "identity": fields,
+        "config": asdict(cfg),
+        "input_files": files,
+        "counts": {
+            "pairs_in": rows,
+            "scored": scored,
+            "failed": failed,
+            "queries": queries,
+            "ranked_rows": ranked_rows,
+            "pairs_resumed": resumed_pairs,
+            "pairs_scored_this_run": this_run,
+        },
+        "errors": {
+            "error_rate": error_rate,
+            "max_error_rate": cfg.max_error_rate,
+            "exceeded": error_rate > cfg.max_error_rate,
+        },
+        "tokens": {
+            "real": tokens,
+            "padded": padded,
+            "padding_efficiency": tokens / padded if padded else None,
+            "unsorted_fixed_batches_padded": unsorted,
+            "unsorted_fixed_batches_padding_efficiency": tokens / unsorted if unsorted else None,
+        },
+        "timings": timings,
+        "throughput": {
+            "pairs_per_s": this_run / score_s if score_s and this_run else None,
+            "tokens_per_s": tokens / score_s if score_s and not resumed_pairs else None,
+        },
+        "resumed_scoring": resumed_pairs > 0,
+        "versions": library_versions(),
+    }
+
+
+def _wipe(layout: OutputLayout) -> None:
+    for path in (
+        layout.manifest,
+        layout.ranked,
+        layout.errors,
+        layout.staged_pairs,
+        io.join(layout.root, "_run.json"),
+    ):
+        io.remove(path)
+    Checkpoint(layout.root).remove()

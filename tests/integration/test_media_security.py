@@ -1,0 +1,141 @@
+"""Media from untrusted corpora through `run_rerank` on the shared Ray: the address policy on real servers
+that count their requests, and a block whose media exceed the per-block budget, scored in smaller blocks.
+
+Every server listens on loopback (127.0.0.1, 127.0.0.2); nothing here sends a packet off the machine.
+Good pairs must score what `CrossEncoder.predict` gives on the same inputs decoded here.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+import pytest
+import ray
+from sentence_transformers import CrossEncoder
+
+from actors.media_loader import MediaSpec
+from actors.reranker import RerankerSpec
+from pipelines.rerank import RerankConfig, media_stage
+from pipelines.validate_pairs import validate_pairs
+from tests.integration.test_multimodal import bad, good, image, run_and_check
+from tests.media_files import make_image, serve
+from tests.pairs_data import write_shards
+
+Q = "a red square"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    d = tmp_path_factory.mktemp("site")
+    make_image(d / "red.png", (60, 40), "red")
+    make_image(d / "blue.png", (64, 48), "blue")
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_qwen2vl):
+    return CrossEncoder(str(tiny_qwen2vl.st))
+
+
+def test_internal_addresses_are_refused_by_default_and_scored_once_allowed(
+    ray_session, tmp_path, site, tiny_qwen2vl, reference
+):
+    with serve(site) as first, serve(site, host="127.0.0.2") as second:
+        red, blue = f"{first.url}/red.png", f"{first.url}/blue.png"
+        refused = "address 127.0.0.1 is loopback; not allowed (see --allow-networks)"
+        rows = [
+            good(
+                "q",
+                "text",
+                (Q, "a plain text candidate"),
+                query_text=Q,
+                candidate_text="a plain text candidate",
+            ),
+            bad(
+                "q", "red", "media", f"candidate_image '{red}': {refused}", query_text=Q, candidate_image=red
+            ),
+            bad(
+                "q",
+                "blue",
+                "media",
+                f"candidate_image '{blue}': {refused}",
+                query_text=Q,
+                candidate_image=blue,
+            ),
+        ]
+        run_and_check(tmp_path / "default", rows, tiny_qwen2vl.st, reference, MediaSpec(timeout_s=5.0))
+        assert first.requests == [] and second.requests == []
+
+        to_second = f"{second.url}/blue.png"
+        redirect = f"{first.url}/redirect/{urllib.parse.quote(to_second, safe='')}"
+        rows = [
+            good("q", "red", (Q, image(site / "red.png")), query_text=Q, candidate_image=red),
+            good("q", "blue", (Q, image(site / "blue.png")), query_text=Q, candidate_image=blue),
+            bad(
+                "q",
+                "redirected",
+                "media",
+                f"candidate_image '{redirect}': redirected to '{to_second}': address 127.0.0.2 is loopback; "
+                "not allowed (see --allow-networks)",
+                query_text=Q,
+                candidate_image=redirect,
+            ),
+        ]
+        allowed = MediaSpec(timeout_s=5.0, allow_networks=("127.0.0.1/32",))
+        manifest = run_and_check(tmp_path / "allowed", rows, tiny_qwen2vl.st, reference, allowed)
+        assert sorted(r["path"] for r in first.requests) == sorted(
+            ["/red.png", "/blue.png", redirect[len(first.url) :]]
+        )
+        assert second.requests == []
+    assert list(manifest["config"]["media"]["allow_networks"]) == ["127.0.0.1/32"]
+
+
+def test_a_block_over_the_media_budget_is_scored_from_several_smaller_blocks(
+    ray_session, tmp_path, tiny_qwen2vl, reference
+):
+    """24 distinct images (about 32 kB decoded each) and a FIFO in two blocks, under a 200 kB budget: each
+    media task yields two or three tables. Ray gathers small tables back into blocks of its target size
+    (128 MiB), so the block count is checked with that target lowered under the budget."""
+    d = tmp_path / "images"
+    paths = [make_image(d / f"m{i}.png", (120, 90 + i), ["red", "green", "blue"][i % 3]) for i in range(24)]
+    fifo = d / "pipe.png"
+    os.mkfifo(fifo)  # a named pipe: opening it for reading would wait for a writer forever
+    rows = [
+        good(f"q{i // 6}", f"c{i}", (Q, image(p)), query_text=Q, candidate_image=str(p))
+        for i, p in enumerate(paths)
+    ]
+    rows.append(
+        bad(
+            "q0",
+            "fifo",
+            "media",
+            f"candidate_image '{fifo}': is a FIFO (named pipe), not a regular file",
+            query_text=Q,
+            candidate_image=str(fifo),
+        )
+    )
+    spec = MediaSpec(media_block_bytes=200_000, max_decoded_bytes=100_000)
+    run_and_check(tmp_path / "run", rows, tiny_qwen2vl.st, reference, spec)
+
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size
+    context.target_max_block_size = 100_000
+    try:
+        import pyarrow as pa
+
+        table = pa.Table.from_pylist([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+        pairs = write_shards(table, tmp_path / "blocks", shards=2)
+        cfg = RerankConfig(
+            pairs=str(pairs),
+            output=str(tmp_path / "unused"),
+            reranker=RerankerSpec(model=str(tiny_qwen2vl.st)),
+            media=spec,
+        )
+        ds = ray.data.read_parquet(str(pairs)).map_batches(validate_pairs, batch_format="pyarrow")
+        out = media_stage(ds, cfg).materialize()
+        blocks, count = out.num_blocks(), out.count()
+    finally:
+        context.target_max_block_size = saved
+    print(f"\n2 input blocks of 12 and 13 rows -> {blocks} media output blocks under a 200 kB budget")
+    assert count == 25 and blocks >= 4
