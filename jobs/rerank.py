@@ -28,23 +28,27 @@ def summary(manifest: dict, output: str) -> str:
     eff = tokens["padding_efficiency"]
     base = tokens["unsorted_fixed_batches_padding_efficiency"]
     pairs_s = tp["pairs_per_s"]
-    return "\n".join(
-        [
-            f"run {manifest['run_id']}: {counts['pairs_in']} pairs, {counts['scored']} scored, "
-            f"{counts['failed']} errors, {counts['queries']} queries",
-            f"resumed: {counts['pairs_resumed']} pairs from the checkpoint, "
-            f"{counts['pairs_scored_this_run']} scored by this attempt"
-            if counts.get("pairs_resumed")
-            else "",
-            f"ranked tables: {output.rstrip('/')}/ranked/   errors: {output.rstrip('/')}/errors/",
-            f"throughput: {pairs_s:.1f} pairs/s"
-            if pairs_s
-            else "throughput: (scoring resumed from checkpoint)",
-            f"padding efficiency: {eff:.3f} (unsorted fixed batches of 32: {base:.3f})"
-            if eff and base
-            else "",
-        ]
-    ).replace("\n\n", "\n").strip()
+    return (
+        "\n".join(
+            [
+                f"run {manifest['run_id']}: {counts['pairs_in']} pairs, {counts['scored']} scored, "
+                f"{counts['failed']} errors, {counts['queries']} queries",
+                f"resumed: {counts['pairs_resumed']} pairs from the checkpoint, "
+                f"{counts['pairs_scored_this_run']} scored by this attempt"
+                if counts.get("pairs_resumed")
+                else "",
+                f"ranked tables: {output.rstrip('/')}/ranked/   errors: {output.rstrip('/')}/errors/",
+                f"throughput: {pairs_s:.1f} pairs/s"
+                if pairs_s
+                else "throughput: (scoring resumed from checkpoint)",
+                f"padding efficiency: {eff:.3f} (unsorted fixed batches of 32: {base:.3f})"
+                if eff and base
+                else "",
+            ]
+        )
+        .replace("\n\n", "\n")
+        .strip()
+    )
 
 
 def check(cfg: RerankConfig) -> None:

@@ -1,11 +1,12 @@
 """Reranking from Python: a step of a Ray Data pipeline, or a call on a list of pairs.
 
     import ray
+    from ray.data.expressions import col
     from pipelines.api import RerankerSpec, rerank_dataset
 
-    pairs = ray.data.read_parquet("s3://bucket/pairs/").filter(expr="lang == 'en'")
+    pairs = ray.data.read_parquet("s3://bucket/pairs/").filter(expr=col("lang") == "en")
     result = rerank_dataset(pairs, RerankerSpec(model="Qwen/Qwen3-Reranker-0.6B"), top_k=10)
-    result.ranked.filter(expr="rank <= 3").write_parquet("s3://bucket/top3/")
+    result.ranked.filter(expr=col("rank") <= 3).write_parquet("s3://bucket/top3/")
 
 `rerank_dataset` builds the stages `jobs.rerank` runs (validate ─► media ─► score ─► rank per query), from
 the same functions, and returns lazy Datasets: nothing runs until they are consumed. The settings are the

@@ -11,6 +11,8 @@ previous night's files are only read, and deleting an old run never breaks a new
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +23,6 @@ from actors.pool import PoolSpec
 from pipelines import io
 from pipelines.content_hash import content_hashes
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
-from pipelines.rerank import MEDIA_TASK_MEMORY
 from pipelines.run_info import resolved_dtype, value_key
 from schemas import columns as c
 from schemas.tables import ERRORS_SCHEMA, normalize_to
@@ -122,18 +123,21 @@ def attach_previous(rows: pa.Table, previous: pa.Table | None, side: Side) -> pa
     )
 
 
-def resolve_side_media(table: pa.Table, spec, side: Side) -> pa.Table:
-    """The media stage for `doc_*` / `query_*` columns. The stage knows pairs (`query_*`, `candidate_*`),
-    so document columns are presented to it as candidate columns and renamed back."""
-    from actors.media_loader import resolve_media
+def resolve_side_media(table: pa.Table, spec, side: Side) -> Iterator[pa.Table]:
+    """The media stage for `doc_*` / `query_*` columns, one or more output tables whose payloads stay under
+    `spec.media_block_bytes`. The stage knows pairs (`query_*`, `candidate_*`), so document columns are
+    presented to it as candidate columns and renamed back."""
+    from actors.media_loader import resolve_media_blocks
 
     if side == "query":
-        return resolve_media(table, spec)
+        yield from resolve_media_blocks(table, spec)
+        return
     mapping = {f"doc_{m}": f"candidate_{m}" for m in c.MEDIA_MODALITIES}
     mapping |= {c.media_payload_column(k): c.media_payload_column(v) for k, v in mapping.items()}
     back = {v: k for k, v in mapping.items()}
-    out = resolve_media(table.rename_columns([mapping.get(n, n) for n in table.column_names]), spec)
-    return out.rename_columns([back.get(n, n) for n in out.column_names])
+    renamed = table.rename_columns([mapping.get(n, n) for n in table.column_names])
+    for out in resolve_media_blocks(renamed, spec):
+        yield out.rename_columns([back.get(n, n) for n in out.column_names])
 
 
 def to_embedding_table(table: pa.Table, side: Side, tag: str, run_id: str) -> pa.Table:
@@ -207,7 +211,7 @@ def embed_side(
             batch_size=pool.block_rows,
             batch_format="pyarrow",
             num_cpus=1,
-            memory=MEDIA_TASK_MEMORY,  # as in the rerank pipeline: keeps fetch/decode out of the model actors
+            memory=media.task_memory(),  # as in the rerank pipeline: keeps fetch/decode out of the model actors
             udf_modifying_row_count=False,
         )
     ds = ds.map_batches(

@@ -27,9 +27,14 @@ from pipelines.keyed_join import co_partition, join_tables, partitions_for
 from schemas import columns as c
 from schemas.tables import PAIRS_SCHEMA, InputError
 
-# What the lookup sees: validate_pairs' output (the first stage of run_rerank) plus the key.
+# What the lookup sees: validate_pairs' output (the first stage of run_rerank, with the checkpoint's row
+# key) plus the cache key.
 KEYED_PAIRS_SCHEMA = pa.schema(
-    [*PAIRS_SCHEMA, *(pa.field(n, pa.string()) for n in (c.ROW_ERROR, c.ROW_STAGE, c.ROW_CACHE_KEY))]
+    [
+        *PAIRS_SCHEMA,
+        *(pa.field(n, pa.string()) for n in (c.ROW_ERROR, c.ROW_STAGE, c.ROW_CACHE_KEY)),
+        pa.field(c.ROW_KEY, pa.int64()),
+    ]
 )
 LOOKUP_SCHEMA = pa.schema(
     [pa.field(c.ROW_CACHE_KEY, pa.string()), pa.field(c.ROW_CACHED_SCORE, pa.float32())]

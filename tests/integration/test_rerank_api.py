@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from ray.data.expressions import col
 from sentence_transformers import CrossEncoder
 
 from actors.reranker import RerankerSpec
@@ -95,7 +96,7 @@ def api(ray_session, qwen3_causal):
 def test_a_dataset_step_scores_as_predict_and_ranks_per_query(api, qwen3_causal):
     result, _ = api
     rows = pairs()
-    tenant_a = result.ranked.filter(expr="tenant == 'a'").take_all()  # and keep going with Ray Data
+    tenant_a = result.ranked.filter(expr=col("tenant") == "a").take_all()  # and keep going with Ray Data
 
     good = [r for r in rows if r["candidate_text"] is not None]
     want = predicted(qwen3_causal, good)

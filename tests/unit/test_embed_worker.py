@@ -72,7 +72,7 @@ def test_image_documents_go_through_the_media_stage(tmp_path, tiny_clip):
             "__stage": pa.nulls(5, pa.string()),
         }
     )
-    resolved = resolve_side_media(table, MediaSpec(), "document")
+    resolved = pa.concat_tables(resolve_side_media(table, MediaSpec(), "document"))
     assert "__doc_image" in resolved.column_names and "doc_image" in resolved.column_names
     out = EmbedWorker(EmbedderSpec(model=tiny_clip, batch_tokens=64), "document")(resolved)
 

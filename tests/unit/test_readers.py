@@ -217,3 +217,15 @@ def test_console_scripts_name_each_jobs_main():
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), target
+
+
+def test_the_api_validates_settings_as_the_cli_does_before_touching_the_dataset(tmp_path):
+    from actors.reranker import RerankerSpec
+    from pipelines.api import rerank_dataset
+    from schemas.settings import SettingError
+
+    never_read = object()  # a bad setting fails before the Dataset (or Ray) is used
+    with pytest.raises(SettingError, match=r"^reranker\.max_length: must be >= 8, got 4$"):
+        rerank_dataset(never_read, RerankerSpec(model=str(tmp_path), max_length=4))
+    with pytest.raises(SettingError, match=r"^keep_columns: 'rank': the ranked output writes its own"):
+        rerank_dataset(never_read, RerankerSpec(model=str(tmp_path)), keep_columns=["rank"])
