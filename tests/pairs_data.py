@@ -7,26 +7,28 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The words test texts are built from.
+WORDS = [
+    "ray",
+    "data",
+    "streams",
+    "blocks",
+    "to",
+    "actors",
+    "that",
+    "hold",
+    "models",
+    "and",
+    "score",
+    "pairs",
+]
+
 
 def adversarial_pairs(n_queries: int = 6, per_query: int = 7) -> pa.Table:
     rows = []
-    words = [
-        "ray",
-        "data",
-        "streams",
-        "blocks",
-        "to",
-        "actors",
-        "that",
-        "hold",
-        "models",
-        "and",
-        "score",
-        "pairs",
-    ]
     for q in range(n_queries):
         for k in range(per_query):
-            text = " ".join(words[(q + k + j) % len(words)] for j in range(3 + 5 * k))
+            text = " ".join(WORDS[(q + k + j) % len(WORDS)] for j in range(3 + 5 * k))
             rows.append(
                 {
                     "query_id": f"q{q}",

@@ -28,22 +28,7 @@ from pipelines.checkpoint import Checkpoint
 from pipelines.rerank import RerankConfig
 from pipelines.rerank_run import run_rerank
 from tests.conftest import REPO
-from tests.pairs_data import write_shards
-
-WORDS = [
-    "ray",
-    "data",
-    "streams",
-    "blocks",
-    "to",
-    "actors",
-    "that",
-    "hold",
-    "models",
-    "and",
-    "score",
-    "pairs",
-]
+from tests.pairs_data import WORDS, write_shards
 
 
 def plain_pairs(n_queries: int, per_query: int) -> pa.Table:

@@ -17,21 +17,8 @@ from sentence_transformers import CrossEncoder
 
 from actors.reranker import RerankerSpec
 from pipelines.api import rerank_dataset, rerank_pairs
+from tests.pairs_data import WORDS
 
-WORDS = [
-    "ray",
-    "data",
-    "streams",
-    "blocks",
-    "to",
-    "actors",
-    "that",
-    "hold",
-    "models",
-    "and",
-    "score",
-    "pairs",
-]
 # Ids that only survive as strings ("007" read as a number is 7), a tenant per query and an integer per
 # pair to carry through, and one pair without candidate content (an error row, not a lost one).
 QUERIES = {
