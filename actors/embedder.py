@@ -24,7 +24,9 @@ from schemas import columns as c
 from schemas.settings import SettingError, setting
 
 Side = Literal["document", "query"]
+SIDES: tuple[Side, ...] = ("document", "query")
 PREFIX = {"document": "doc", "query": "query"}  # content-column prefix of each side
+ROW_EMBED_SIDE = "__embed_side"  # per row, the side it belongs to, when one block holds both sides
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # what encode_document looks for, in order
 LENGTH_PROBE_ROWS = 256
 
@@ -105,40 +107,55 @@ class EmbedWorker:
     the media stage, and optionally an `embedding` already known (reused from an earlier night): those rows
     and rows already marked `__error` are passed through untouched. Adds or fills `embedding`
     (fixed_size_list<float32>), `__error` / `__stage` and `__tokens`.
+
+    With `side` None, a block may hold documents and queries together (the refresh embeds both with one
+    pool and one model load): each row's `__embed_side` says which it is, and each side is embedded with
+    its own call (`encode_document` / `encode_query`), prompt and content columns.
     """
 
-    def __init__(self, spec: EmbedderSpec, side: Side, torch_threads: int | None = None):
+    def __init__(self, spec: EmbedderSpec, side: Side | None = None, torch_threads: int | None = None):
         import torch
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.spec, self.side, self.prefix = spec, side, PREFIX[side]
+        self.spec, self.side = spec, side
+        self.active: Side | None = side  # the side being embedded (set per block part when side is None)
         self.model = load_sentence_transformer(spec)
         self.model.eval()
         self.dim = self.model.get_embedding_dimension()
-        self.prompt_args = spec.prompt_args(side)
-        self.prompt = resolved_prompt(self.model, side, **self.prompt_args)
-        self.encode: Callable = self.model.encode_query if side == "query" else self.model.encode_document
         self.patch = _patch_size(self.model)
+        self._prompts: dict[Side, str | None] = {}
+        if side is not None:
+            self.prompt(side)  # a prompt name the model lacks fails at load, not on the first block
+
+    def prompt(self, side: Side) -> str | None:
+        """The prompt `encode_query` / `encode_document` apply for `side` (resolved once)."""
+        if side not in self._prompts:
+            self._prompts[side] = resolved_prompt(self.model, side, **self.spec.prompt_args(side))
+        return self._prompts[side]
 
     def token_lengths(self, inputs: list) -> np.ndarray:
-        """Real tokens per input after the model's own preprocessing (prompt, chat template and media tokens
-        included). The inputs share one modality: the library preprocesses one modality per batch."""
+        """Real tokens per input of the active side after the model's own preprocessing (prompt, chat
+        template and media tokens included). The inputs share one modality: the library preprocesses one
+        modality per batch."""
+        side = self.active
         lengths = np.zeros(len(inputs), dtype=np.int64)
         for start in range(0, len(inputs), LENGTH_PROBE_ROWS):
             chunk = inputs[start : start + LENGTH_PROBE_ROWS]
-            features = self.model.preprocess(chunk, prompt=self.prompt, task=self.side)
+            features = self.model.preprocess(chunk, prompt=self.prompt(side), task=side)
             lengths[start : start + len(chunk)] = _feature_lengths(features, len(chunk), self.patch)
         return lengths
 
     def embed_batch(self, inputs: list) -> np.ndarray:
-        out = self.encode(
+        side = self.active
+        encode: Callable = self.model.encode_query if side == "query" else self.model.encode_document
+        out = encode(
             inputs,
             batch_size=len(inputs),
             show_progress_bar=False,
             convert_to_numpy=True,
             normalize_embeddings=self.spec.normalize,
-            **self.prompt_args,
+            **self.spec.prompt_args(side),
         )
         return np.asarray(out, dtype=np.float32).reshape(len(inputs), self.dim)
 
@@ -154,7 +171,26 @@ class EmbedWorker:
             if out.errors.ok(i):
                 out.vectors[i], out.have[i] = vector, True
         todo = [i for i in range(n) if out.errors.ok(i) and not out.have[i]]
-        inputs, build_errors = build_elements(table, self.prefix, todo, self.model)
+        for side, rows in self._rows_by_side(table, todo).items():
+            self._embed_side(table, side, rows, out)
+        return out.to_table(table, self.dim)
+
+    def _rows_by_side(self, table: pa.Table, rows: list[int]) -> dict[Side, list[int]]:
+        if self.side is not None:
+            return {self.side: rows}
+        if ROW_EMBED_SIDE not in table.column_names:
+            raise ValueError(f"an EmbedWorker built for both sides needs the {ROW_EMBED_SIDE!r} column")
+        sides = table.column(ROW_EMBED_SIDE).to_pylist()
+        unknown = {sides[i] for i in rows} - set(SIDES)
+        if unknown:
+            raise ValueError(f"{ROW_EMBED_SIDE} values {sorted(map(str, unknown))}; expected {list(SIDES)}")
+        return {side: [i for i in rows if sides[i] == side] for side in SIDES}
+
+    def _embed_side(self, table: pa.Table, side: Side, todo: list[int], out: _Output) -> None:
+        if not todo:
+            return
+        self.active = side
+        inputs, build_errors = build_elements(table, PREFIX[side], todo, self.model)
         for i, reason in build_errors.items():
             out.errors.fail(i, reason)
         rows = np.asarray([i for i in todo if i not in build_errors], dtype=np.int64)
@@ -163,10 +199,10 @@ class EmbedWorker:
             groups.setdefault(_modality_of(item), []).append(k)
         for members in groups.values():
             self._embed_group([inputs[k] for k in members], rows[members], out)
-        return out.to_table(table, self.dim)
 
     def _embed_group(self, inputs: list, targets: np.ndarray, out: _Output) -> None:
-        """Inputs of one modality: lengths, then length-sorted micro-batches under the token budget."""
+        """Inputs of one side and modality: lengths, then length-sorted micro-batches under the token
+        budget."""
         lengths, bad = isolate_failures(self.token_lengths, inputs, "preprocessing failed", 0)
         for k, reason in bad.items():
             out.errors.fail(targets[k], reason)

@@ -1,15 +1,17 @@
 """The reranker actor: a frozen spec checked on the driver, and a worker that holds a CrossEncoder.
 
-The worker measures each pair's real token length with the model's own preprocessing (chat template,
-prompt, truncation, and the tokens media items expand to), sorts, packs micro-batches under a token budget,
-and scores them with the library's `preprocess` + forward + activation, exactly as `CrossEncoder.predict`
-does per batch. Scores are written back to the row they came from, whatever order batches finish in.
+Each pair is preprocessed once, by the model's own `preprocess` (chat template, prompt, truncation, the
+tokens media items expand to), normally on CPU workers ahead of the actor (`actors.preprocess`); the worker
+sorts rows by their real token count, packs micro-batches under a token budget, collates them and runs the
+forward + activation, exactly as `CrossEncoder.predict` does per batch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,16 +19,16 @@ import numpy as np
 import pyarrow as pa
 
 from actors.fast_paths import SCORE_PATHS, PrefixReuse, ScorePath, apply_fast_paths, finish_scores
+from actors.features import Collator, Featurizer, RowFeatures, from_table, to_columns
 from actors.media_loader import PAYLOAD_COLUMNS
 from actors.model_source import materialize
 from actors.model_spec import ModelSpec, resolve_device_and_dtype
 from actors.pair_inputs import build_pairs
 from actors.rows import RowErrors, column_or_nulls, isolate_failures, replace_columns
-from actors.token_budget import MicroBatch, pack_by_groups, pack_by_tokens
+from actors.token_budget import MicroBatch, pack_by_groups
 from schemas import columns as c
 from schemas.settings import one_of, setting
 
-LENGTH_PROBE_ROWS = 256
 BASELINE_BATCH_ROWS = 32  # CrossEncoder.predict's default batch size, for the padding baseline
 # A row joins a micro-batch only if it is >= 90% as long as the batch's longest: on skewed lengths this
 # keeps padding efficiency near 0.95 at the default budget (README, "Throughput": 0.96 on skewed pairs).
@@ -73,8 +75,9 @@ class RerankerSpec(ModelSpec):
         return self
 
 
-def load_cross_encoder(spec: RerankerSpec):
-    """Load the CrossEncoder. A saved sentence-transformers directory loads as saved; a plain causal LM gets
+def load_cross_encoder(spec: RerankerSpec, weights: bool = True):
+    """Load the CrossEncoder (`weights=False`: on the meta device, for preprocessing only: the tokenizer,
+    processor, chat template and prompts, without reading a weight). A saved sentence-transformers directory loads as saved; a plain causal LM gets
     the library's default Transformer(text-generation) + LogitScore("yes", "no"); a multimodal LM directory
     without modules.json (which the library would misload as sequence classification) is built as
     Transformer(any-to-any) + LogitScore("yes", "no")."""
@@ -90,6 +93,9 @@ def load_cross_encoder(spec: RerankerSpec):
     )
     if spec.attn_implementation is not None:
         kwargs["model_kwargs"]["attn_implementation"] = spec.attn_implementation
+    if not weights:
+        kwargs["model_kwargs"]["device_map"] = "meta"
+        kwargs.pop("device")
     if spec.max_length is not None:
         kwargs["max_length"] = spec.max_length
     if _is_multimodal_lm_without_modules(path):
@@ -113,7 +119,9 @@ def load_cross_encoder(spec: RerankerSpec):
                 f"model {spec.model!r}: its tokenizer has no single 'yes'/'no' tokens, which the default "
                 "LogitScore of a multimodal LM needs; save it as a CrossEncoder with its own LogitScore"
             )
-        return CrossEncoder(modules=[transformer, LogitScore(yes, no)], num_labels=1, device=device)
+        return CrossEncoder(
+            modules=[transformer, LogitScore(yes, no)], num_labels=1, device=device if weights else "meta"
+        )
     return CrossEncoder(path, **kwargs)
 
 
@@ -137,8 +145,22 @@ def _is_multimodal_lm_without_modules(path: str) -> bool:
     return archs[0].endswith("ForConditionalGeneration")
 
 
+def default_prompt(spec: RerankerSpec, model) -> str | None:
+    """As `CrossEncoder.predict` does: no explicit prompt means the model's default prompt, if it has one."""
+    if spec.prompt is None and model.default_prompt_name is not None:
+        return model.prompts.get(model.default_prompt_name)
+    return spec.prompt
+
+
 class RerankWorker:
-    """Ray Data callable class: one CrossEncoder per actor, `__call__(pa.Table) -> pa.Table`."""
+    """Ray Data callable class: one CrossEncoder per actor, `__call__(pa.Table) -> pa.Table`.
+
+    A block normally arrives preprocessed (`actors.preprocess`: `__input_ids` / `__features` made on CPU
+    workers); a block without them is preprocessed here, once. Rows are sorted by real token length, packed
+    into micro-batches under the token budget, collated (re-padded to each batch's longest row) and scored
+    with the model's forward + activation, as `CrossEncoder.predict` does per batch. Scores go back to the
+    row they came from, whatever order batches finish in. The actor's time splits into collate, forward and
+    write-back, kept on the block's first row for the manifest."""
 
     def __init__(self, spec: RerankerSpec, torch_threads: int | None = None):
         import torch
@@ -146,81 +168,89 @@ class RerankWorker:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.spec = spec
-        self.model = apply_fast_paths(load_cross_encoder(spec), spec.score_path, spec.fp32_head)
-        self.model.eval()
+        self.model = self.load_model(spec)
         self.device = self.model.device
         self.prefix = PrefixReuse(self.model) if spec.prefix_reuse else None
-        # As CrossEncoder.predict does: no explicit prompt means the model's default prompt, if it has one.
-        self.prompt = spec.prompt
-        if self.prompt is None and self.model.default_prompt_name is not None:
-            self.prompt = self.model.prompts.get(self.model.default_prompt_name)
+        self.prompt = default_prompt(spec, self.model)
+        self.featurize = self.make_featurizer(self.model, self.prompt)
+        self.collate = Collator.probe(self.model, self.prompt)
+        self.clock = _Clock()
+
+    @classmethod
+    def make_featurizer(cls, model, prompt: str | None) -> Featurizer:
+        """The preprocessing this worker's pairs get, here and in the preprocess stage (a test double can
+        count calls)."""
+        return Featurizer(model, prompt)
+
+    def load_model(self, spec: RerankerSpec):
+        model = apply_fast_paths(load_cross_encoder(spec), spec.score_path, spec.fp32_head)
+        model.eval()
+        return model
 
     # -- scoring primitives (overridable by tests: a double can reorder the batches it yields) ---------
 
     def token_lengths(self, pairs: list) -> np.ndarray:
         """Real tokens per pair after the model's own preprocessing, media tokens included."""
-        lengths = np.zeros(len(pairs), dtype=np.int64)
-        for start in range(0, len(pairs), LENGTH_PROBE_ROWS):
-            chunk = pairs[start : start + LENGTH_PROBE_ROWS]
-            features = self.model.preprocess(chunk, prompt=self.prompt)
-            lengths[start : start + len(chunk)] = features["attention_mask"].sum(dim=1).cpu().numpy()
-        return lengths
+        features, bad = self.featurize(pairs)
+        if bad:
+            raise ValueError(next(iter(bad.values())))
+        return np.asarray([f.tokens for f in features], dtype=np.int64)
 
-    def score_batch(self, pairs: list) -> np.ndarray:
-        """One micro-batch through `preprocess` + forward + activation, as `CrossEncoder.predict` does
-        (or, with prefix reuse, one query's candidates against its shared prefix computed once)."""
+    def forward(self, features: dict) -> np.ndarray:
+        """One collated micro-batch through the model and its activation: fp32 scores on the host."""
         import torch
         from sentence_transformers.util import batch_to_device
 
-        if self.prefix is not None and self.prefix.applies(pairs):
-            return self.prefix.score(pairs, prompt=self.prompt)
         with torch.inference_mode():
-            features = self.model.preprocess(pairs, prompt=self.prompt)
             features = batch_to_device(features, self.device)
             return finish_scores(self.model, self.model(features)["scores"])
 
+    def score_batch(self, rows: list[RowFeatures]) -> np.ndarray:
+        """Collate one micro-batch and run it (timed: collate, forward)."""
+        t0 = time.perf_counter()
+        features = self.collate(rows)
+        t1 = time.perf_counter()
+        self.clock.started = self.clock.started or time.time()
+        scores = self.forward(features)
+        t2 = time.perf_counter()
+        self.clock.collate_s += t1 - t0
+        self.clock.forward_s += t2 - t1
+        self.clock.ended = time.time()
+        return scores
+
     def score_batches(
-        self, pairs: list, batches: list[MicroBatch]
+        self, rows: list[RowFeatures], batches: list[MicroBatch]
     ) -> Iterator[tuple[MicroBatch, np.ndarray]]:
         for batch in batches:
-            yield batch, self.score_batch([pairs[i] for i in batch.rows])
+            yield batch, self.score_batch([rows[i] for i in batch.rows])
 
     # -- the Ray Data entry point ----------------------------------------------------------------
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        self.clock = _Clock()
         n = table.num_rows
         errors = RowErrors(table, "score")
         scores = np.full(n, np.nan, dtype=np.float32)
-        tokens = np.zeros(n, dtype=np.int64)
         padded = np.zeros(n, dtype=np.int64)
         unsorted_padded = np.zeros(n, dtype=np.int64)
-
         cached = column_or_nulls(table, c.ROW_CACHED_SCORE)
         for i, value in enumerate(cached):
             if value is not None and errors.ok(i):
                 scores[i] = value
-        todo = [i for i in range(n) if errors.ok(i) and cached[i] is None]
-        pairs, build_errors = build_pairs(table, todo, self.model)
-        for i, reason in build_errors.items():
-            errors.fail(i, reason)
-        rows = np.asarray([i for i in todo if i not in build_errors], dtype=np.int64)
-
-        if len(pairs):
-            lengths, bad = isolate_failures(self.token_lengths, pairs, "preprocessing failed", 0)
-            for k, reason in bad.items():
-                errors.fail(rows[k], reason)
-            ok = np.asarray([k for k in range(len(pairs)) if k not in bad], dtype=np.int64)
-            ok_pairs = [pairs[k] for k in ok]
-            if self.prefix is not None:  # micro-batches never mix queries, so each shares one prefix
-                queries = [p[0] if isinstance(p[0], str) else None for p in ok_pairs]
-                batches = pack_by_groups(lengths[ok], queries, self.spec.batch_tokens, PACK_MIN_FILL)
-            else:
-                batches = pack_by_tokens(lengths[ok], self.spec.batch_tokens, min_fill=PACK_MIN_FILL)
-            for start in range(0, len(ok), BASELINE_BATCH_ROWS):
-                chunk = ok[start : start + BASELINE_BATCH_ROWS]
-                unsorted_padded[rows[chunk]] = lengths[chunk].max()
-            for batch, batch_scores, failed in self._score_isolating_failures(ok_pairs, batches):
-                targets = rows[ok[batch.rows]]
+        if c.ROW_INPUT_IDS not in table.column_names:
+            table = self.preprocess(table, errors, cached)
+        t0 = time.perf_counter()
+        tokens = table.column(c.ROW_TOKENS).to_numpy().astype(np.int64)
+        rows = np.asarray([i for i in range(n) if errors.ok(i) and cached[i] is None], dtype=np.int64)
+        if len(rows):
+            features = from_table(table, rows)
+            lengths = tokens[rows]
+            for start in range(0, len(rows), BASELINE_BATCH_ROWS):
+                chunk = rows[start : start + BASELINE_BATCH_ROWS]
+                unsorted_padded[chunk] = tokens[chunk].max()
+            self.clock.collate_s += time.perf_counter() - t0
+            for batch, batch_scores, failed in self._score_isolating_failures(table, rows, features, lengths):
+                targets = rows[batch.rows]
                 values = np.asarray(batch_scores, dtype=np.float32).reshape(len(targets))
                 scores[targets] = values
                 for k, reason in failed.items():
@@ -228,34 +258,96 @@ class RerankWorker:
                 for k in np.flatnonzero(~np.isfinite(values)):
                     if k not in failed:
                         errors.fail(targets[k], non_finite_reason(values[k], self.model))
-                tokens[targets] = lengths[ok[batch.rows]]
                 padded[targets] = batch.padded_length
+        t_write = time.perf_counter()
+        # Features and decoded media stay here: the scored rows carry ids, scores and references.
+        drop = [*PAYLOAD_COLUMNS, c.ROW_INPUT_IDS, c.ROW_FEATURES]
+        out = table.drop_columns([name for name in table.column_names if name in drop])
+        ok = np.asarray([errors.ok(i) for i in range(n)], dtype=bool)
+        columns = {
+            c.SCORE: pa.array(scores, pa.float32(), mask=~ok | np.isnan(scores)),
+            **errors.columns(),
+            c.ROW_TOKENS: pa.array(tokens),
+            c.ROW_PADDED: pa.array(padded),
+            c.ROW_UNSORTED_PADDED: pa.array(unsorted_padded),
+        }
+        self.clock.write_s = time.perf_counter() - t_write
+        return replace_columns(out, {**columns, **self.clock.columns(n)})
 
-        # Decoded media stay here: the scored rows carry the references, not the pixels.
-        out = table.drop_columns([name for name in table.column_names if name in PAYLOAD_COLUMNS])
-        score_mask = ~np.asarray([errors.ok(i) for i in range(n)], dtype=bool) | np.isnan(scores)
-        return replace_columns(
-            out,
-            {
-                c.SCORE: pa.array(scores, pa.float32(), mask=score_mask),
-                **errors.columns(),
-                c.ROW_TOKENS: pa.array(tokens),
-                c.ROW_PADDED: pa.array(padded),
-                c.ROW_UNSORTED_PADDED: pa.array(unsorted_padded),
-            },
-        )
+    def preprocess(self, table: pa.Table, errors: RowErrors, cached: list) -> pa.Table:
+        """Features for a block that did not come through the preprocess stage (built here, once)."""
+        todo = [i for i in range(table.num_rows) if errors.ok(i) and cached[i] is None]
+        return replace_columns(table, featurize_rows(table, todo, self.featurize, errors))
 
-    def _score_isolating_failures(self, pairs: list, batches: list[MicroBatch]):
-        """Yield (batch, scores, {index in batch: reason}) for every batch. If scoring raises, each batch not
-        yet finished is scored again through `isolate_failures`: whole, and if that raises, pair by pair, so
-        a single bad pair becomes one error row and the rest of its batch is still scored."""
+    def _score_isolating_failures(self, table, rows, features, lengths):
+        """Yield (batch, scores, {index in batch: reason}) for every micro-batch. If scoring raises, each
+        batch not yet finished is scored again through `isolate_failures`: whole, and if that raises, pair by
+        pair, so a single bad pair becomes one error row and the rest of its batch is still scored."""
+        if self.prefix is not None:  # micro-batches never mix queries, so each shares one prefix
+            yield from self._prefix_batches(table, rows, lengths)
+            return
+        groups = [f.signature() for f in features]
+        batches = pack_by_groups(lengths, groups, self.spec.batch_tokens, PACK_MIN_FILL)
         done: set[int] = set()
         try:
-            for batch, values in self.score_batches(pairs, batches):
+            for batch, values in self.score_batches(features, batches):
                 done.add(id(batch))
                 yield batch, values, {}
         except Exception:
             for batch in batches:
                 if id(batch) not in done:
-                    batch_pairs = [pairs[i] for i in batch.rows]
-                    yield batch, *isolate_failures(self.score_batch, batch_pairs, "scoring failed", np.nan)
+                    batch_rows = [features[i] for i in batch.rows]
+                    yield batch, *isolate_failures(self.score_batch, batch_rows, "scoring failed", np.nan)
+
+    def _prefix_batches(self, table, rows, lengths):
+        """Prefix reuse scores from the pairs' text (its own tokenisation of prefix and suffixes)."""
+        pairs, _ = build_pairs(table, list(rows), self.model)
+        queries = [p[0] if isinstance(p[0], str) else None for p in pairs]
+        for batch in pack_by_groups(lengths, queries, self.spec.batch_tokens, PACK_MIN_FILL):
+            batch_pairs = [pairs[i] for i in batch.rows]
+            score = functools.partial(self.prefix.score, prompt=self.prompt)
+            self.clock.started = self.clock.started or time.time()
+            t0 = time.perf_counter()
+            yield batch, *isolate_failures(score, batch_pairs, "scoring failed", np.nan)
+            self.clock.forward_s += time.perf_counter() - t0
+            self.clock.ended = time.time()
+
+
+@dataclass
+class _Clock:
+    """The scoring actor's time on one block."""
+
+    collate_s: float = 0.0
+    forward_s: float = 0.0
+    write_s: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+
+    def columns(self, n: int) -> dict[str, pa.Array]:
+        def first(value, rest):
+            return pa.array([value, *[rest] * (n - 1)][:n], pa.float64())
+
+        return {
+            c.ROW_COLLATE_S: first(self.collate_s, 0.0),
+            c.ROW_FORWARD_S: first(self.forward_s, 0.0),
+            c.ROW_WRITE_S: first(self.write_s, 0.0),
+            c.ROW_FORWARD_START: first(self.started, None),
+            c.ROW_FORWARD_END: first(self.ended, None),
+        }
+
+
+def featurize_rows(table: pa.Table, todo: list[int], featurize: Featurizer, errors: RowErrors) -> dict:
+    """Features (`actors.features.to_columns`) for the rows `todo` of a block; rows that cannot be built
+    or preprocessed are failed in `errors` (and returned with its columns)."""
+    pairs, build_errors = build_pairs(table, todo, featurize.model)
+    for i, reason in build_errors.items():
+        errors.fail(i, reason)
+    rows = [i for i in todo if i not in build_errors]
+    features: list[RowFeatures | None] = [None] * table.num_rows
+    made, bad = featurize(pairs)
+    for k, i in enumerate(rows):
+        if k in bad:
+            errors.fail(i, bad[k])
+        else:
+            features[i] = made[k]
+    return {**to_columns(features), **errors.columns()}

@@ -39,16 +39,15 @@ def resolve_model(cfg: BenchConfig) -> str:
     from jobs.demo_assets import build_demo
 
     demo = build_demo(cfg.demo_dir).reranker
-    if not cfg.model_config:
+    config = cfg.model_config or ("tiny-llama" if cfg.scale or cfg.simulate_rates else None)
+    if not config:
         return demo
     from jobs.bench.models import build_random_reranker
 
     on_cpu = cfg.reranker.dtype in ("auto", "float32") and cfg.reranker.device != "cuda"
-    out = os.path.join(cfg.demo_dir, "models", f"random-{cfg.model_config}")
+    out = os.path.join(cfg.demo_dir, "models", f"random-{config}")
     return str(
-        build_random_reranker(
-            cfg.model_config, out, tokenizer_from=demo, dtype="float32" if on_cpu else "bfloat16"
-        )
+        build_random_reranker(config, out, tokenizer_from=demo, dtype="float32" if on_cpu else "bfloat16")
     )
 
 
@@ -124,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         return user_error(parser, exc)
     from jobs.bench.run import run_benchmark
+    from jobs.bench.scale import parse_rates
     from jobs.ray_session import connect
+
+    if cfg.scale:  # jobs.rerank starts its own Ray instance, as a user's run would
+        from jobs.bench.scale import run_scale, scale_summary
+
+        return _write(
+            run_scale(cfg, cfg.reranker.model), cfg.output, cfg.reranker.model, "scale", scale_summary
+        )
 
     if args.ray_address is None and "RAY_ADDRESS" not in os.environ:
         # Ray starts its workers at nice 15. On a machine shared with other work that hands the pipeline's
@@ -133,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
     connect(args.ray_address, args.progress_interval)
     model = cfg.reranker.model
+    if cfg.simulate_rates:
+        from jobs.bench.scale import run_simulation, simulation_summary
+
+        report = run_simulation(cfg, model, parse_rates(cfg.simulate_rates))
+        return _write(report, cfg.output, model, "simulate", simulation_summary)
     if sweep is not None:
         from jobs.bench.sweep import run_sweep
 
@@ -148,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     with open(output, "w") as f:
         json.dump(report, f, indent=2, default=str)
     print(text)
+    print(f"report: {output}")
+    return 0
+
+
+def _write(report: dict, output: str | None, model: str, kind: str, summarize) -> int:
+    output = output or default_output(model, "cpu", kind)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    print(summarize(report))
     print(f"report: {output}")
     return 0
 

@@ -64,12 +64,18 @@ class Checkpoint:
         """Rows in committed pieces, from their footers (memoised per piece: cheap to poll)."""
         return sum(_footer(uri)[0] for uri in self.pieces())
 
-    def stats(self) -> dict[str, int]:
-        """The sums of the per-piece stats `commit_piece` kept in the footers."""
-        totals: dict[str, int] = {}
+    def stats(self) -> dict[str, float]:
+        """The per-piece stats `commit_piece` kept in the footers, combined: summed, except `min_*` and
+        `max_*` keys (the smallest / largest)."""
+        totals: dict[str, float] = {}
         for uri in self.pieces():
             for key, value in _footer(uri)[1].items():
-                totals[key] = totals.get(key, 0) + value
+                if key not in totals:
+                    totals[key] = value
+                elif key.startswith(("min_", "max_")):
+                    totals[key] = (min if key.startswith("min_") else max)(totals[key], value)
+                else:
+                    totals[key] += value
         return totals
 
     def remove(self) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.stages import Stage
 from schemas import columns as c
@@ -21,17 +22,24 @@ def ranked_columns(schema_names: list[str], keep: Sequence[str] = ()) -> list[st
     return [*base, *(name for name in keep if name not in base)]
 
 
+def ranking_columns(schema_names: Sequence[str], keep: Sequence[str] = ()) -> list[str]:
+    """What a scored row brings into the ranking shuffle: the ranked table's columns (without `rank`, made
+    there) and the row key that orders ties by input order."""
+    cols = [n for n in ranked_columns(list(schema_names), keep) if n != c.RANK]
+    return [n for n in (*cols, c.ROW_KEY) if n in schema_names]
+
+
 def rank_group(group: pa.Table, top_k: int | None = None, keep: Sequence[str] = ()) -> pa.Table:
-    """All rows of `group` share one query_id. Order: score desc, candidate_id asc, then input order,
-    so duplicate candidate ids get distinct, deterministic ranks and no row is lost. `keep`: input
-    columns carried into the output unchanged (`--keep-columns`)."""
-    scores = group.column(c.SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
-    ids = np.asarray(group.column(c.CANDIDATE_ID).to_pylist(), dtype=object)
-    position = np.arange(group.num_rows)
-    order = sorted(position, key=lambda i: (-scores[i], ids[i], i))
+    """All rows of `group` share one query_id. Order: score desc, candidate_id asc, then input order (the
+    row key when present; Arrow's sort is stable), so duplicate candidate ids get distinct, deterministic
+    ranks and no row is lost. `keep`: input columns carried into the output unchanged (`--keep-columns`)."""
+    keys = [(c.SCORE, "descending"), (c.CANDIDATE_ID, "ascending")]
+    if c.ROW_KEY in group.column_names:
+        keys.append((c.ROW_KEY, "ascending"))
+    order = pc.sort_indices(group, sort_keys=keys)
     if top_k is not None:
         order = order[:top_k]
-    out = group.take(pa.array(order, pa.int64()))
+    out = group.take(order)
     out = out.append_column(c.RANK, pa.array(np.arange(1, len(order) + 1, dtype=np.int32)))
     cols = ranked_columns(out.column_names, keep)
     return out.select(cols).cast(_schema_for(out.select(cols)))

@@ -19,10 +19,11 @@ import ray
 
 from actors.media_loader import MEDIA_COLUMNS, MediaSpec, resolve_media_blocks
 from actors.pool import PoolSpec
+from actors.preprocess import preprocess_block
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import io
 from pipelines.model_access import check_remote_code, warn_remote_code
-from pipelines.rank_per_query import RANK, rank_group
+from pipelines.rank_per_query import RANK, rank_group, ranking_columns
 from pipelines.readers import FORMATS, FileFormat, Source, open_source, parse_columns, stage_copy
 from pipelines.stages import MEDIA, SCORE, check_chain
 from pipelines.validate_pairs import VALIDATE, check_keep_columns, resolve_keep, validate_pairs
@@ -183,6 +184,24 @@ def pairs_files(plan: PairsPlan, layout: OutputLayout) -> list[str]:
     return stage_copy(plan.source, layout.staged_pairs)
 
 
+def preprocess_stage(
+    ds: ray.data.Dataset, cfg: RerankConfig, keep: Sequence[str] = (), worker_cls=RerankWorker
+) -> ray.data.Dataset:
+    """Each pair's features, made once in CPU tasks ahead of the scoring actors (`actors.preprocess`).
+    The content columns leave here unless kept (`keep`) or prefix reuse tokenises the text in the actor."""
+    content = [*c.QUERY_CONTENT, *c.CANDIDATE_CONTENT]
+    drop = () if cfg.reranker.prefix_reuse else tuple(n for n in content if n not in keep)
+    return ds.map_batches(
+        preprocess_block,
+        fn_kwargs={"spec": cfg.reranker, "drop": drop, "worker_cls": worker_cls},
+        batch_size=cfg.pool.block_rows,
+        batch_format="pyarrow",
+        num_cpus=1,
+        concurrency=cfg.pool.preprocess_tasks,
+        udf_modifying_row_count=False,
+    )
+
+
 def score_stage(ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker) -> ray.data.Dataset:
     return ds.map_batches(
         worker_cls,
@@ -265,20 +284,39 @@ def to_errors(table: pa.Table) -> pa.Table:
     )
 
 
-def only_scored(table: pa.Table) -> pa.Table:
-    return table.filter(pc.is_null(table.column(c.ROW_ERROR)))
+def only_scored(table: pa.Table, keep: Sequence[str] = ()) -> pa.Table:
+    """The scored rows, with only the columns ranking needs (ids, score, the row key for ties, pass-through
+    and kept columns): nothing else enters the ranking shuffle."""
+    lean = ranking_columns(table.column_names, keep)
+    return table.filter(pc.is_null(table.column(c.ROW_ERROR))).select(lean)
 
 
-def block_stats(table: pa.Table) -> dict[str, int]:
-    """Counts of one scored block, summed over the checkpoint's pieces for the manifest."""
+def block_stats(table: pa.Table) -> dict[str, float]:
+    """Counts and actor times of one scored block, combined over the checkpoint's pieces for the manifest
+    (summed; `min_*` / `max_*` keep the smallest / largest)."""
     ok = pc.is_null(table.column(c.ROW_ERROR))
-    return {
+
+    def total(name: str):
+        return pc.sum(table.column(name)).as_py() or 0 if name in table.column_names else 0
+
+    stats = {
         "rows": table.num_rows,
         "scored": pc.sum(pc.cast(ok, pa.int64())).as_py() or 0,
-        "tokens": pc.sum(table.column(c.ROW_TOKENS)).as_py() or 0,
-        "padded_tokens": pc.sum(table.column(c.ROW_PADDED)).as_py() or 0,
-        "unsorted_padded_tokens": pc.sum(table.column(c.ROW_UNSORTED_PADDED)).as_py() or 0,
+        "tokens": total(c.ROW_TOKENS),
+        "padded_tokens": total(c.ROW_PADDED),
+        "unsorted_padded_tokens": total(c.ROW_UNSORTED_PADDED),
+        "collate_s": total(c.ROW_COLLATE_S),
+        "forward_s": total(c.ROW_FORWARD_S),
+        "write_back_s": total(c.ROW_WRITE_S),
     }
+    for key, name, fn in (
+        ("min_forward_start", c.ROW_FORWARD_START, pc.min),
+        ("max_forward_end", c.ROW_FORWARD_END, pc.max),
+    ):
+        value = fn(table.column(name)).as_py() if name in table.column_names else None
+        if value is not None:
+            stats[key] = value
+    return stats
 
 
 @dataclass(frozen=True)
@@ -311,7 +349,7 @@ def score_pairs(
         ds = stage(ds)
     if plan.media:
         ds = media_stage(ds, cfg)
-    return score_stage(ds, cfg, worker_cls)
+    return score_stage(preprocess_stage(ds, cfg, plan.keep, worker_cls), cfg, worker_cls)
 
 
 def rank_scored(
@@ -326,7 +364,7 @@ def rank_scored(
     default) and ranked, top-k applied."""
     errors = scored.map_batches(to_errors, batch_format="pyarrow")
     ranked = (
-        scored.map_batches(only_scored, batch_format="pyarrow")
+        scored.map_batches(only_scored, fn_kwargs={"keep": tuple(keep)}, batch_format="pyarrow")
         .groupby(c.QUERY_ID, num_partitions=num_partitions)
         .map_groups(rank_group, fn_kwargs={"top_k": top_k, "keep": tuple(keep)}, batch_format="pyarrow")
     )

@@ -227,6 +227,7 @@ def _manifest(cfg, run_id, fields, files, stats, queries, ranked_rows, timings, 
             "unsorted_fixed_batches_padding_efficiency": tokens / unsorted if unsorted else None,
         },
         "timings": timings,
+        "scoring_actor": actor_time(stats, cfg.pool.actors, resumed_pairs),
         "throughput": {
             "pairs_per_s": this_run / score_s if score_s and this_run else None,
             "tokens_per_s": tokens / score_s if score_s and not resumed_pairs else None,
@@ -234,6 +235,20 @@ def _manifest(cfg, run_id, fields, files, stats, queries, ranked_rows, timings, 
         "resumed_scoring": resumed_pairs > 0,
         "versions": library_versions(),
     }
+
+
+def actor_time(stats: dict, actors: int, resumed_pairs: int = 0) -> dict:
+    """Where the scoring actors' time went: collating micro-batches, the forward (on an accelerator: the
+    time it was busy), writing scores back; seconds and shares. `forward_busy` is the forward's share of
+    the wall time from the first forward to the end of the last, over all actors: near 1 means the
+    accelerator never waited for input (None after a resume, whose window spans the interruption)."""
+    parts = {name: stats.get(name, 0.0) for name in ("collate_s", "forward_s", "write_back_s")}
+    spent = sum(parts.values())
+    shares = {name.replace("_s", "_share"): (v / spent if spent else None) for name, v in parts.items()}
+    start, end = stats.get("min_forward_start"), stats.get("max_forward_end")
+    window = end - start if start is not None and end is not None and end > start else None
+    busy = parts["forward_s"] / (window * actors) if window and not resumed_pairs else None
+    return {**parts, **shares, "forward_window_s": window, "forward_busy": busy}
 
 
 def _wipe(layout: OutputLayout) -> None:

@@ -50,5 +50,17 @@ MEDIA = Stage(
 SCORE = Stage(
     "score",
     needs=(c.ROW_ERROR, c.ROW_STAGE, *c.QUERY_CONTENT, *c.CANDIDATE_CONTENT),
-    adds=(c.SCORE, c.ROW_ERROR, c.ROW_STAGE, c.ROW_TOKENS, c.ROW_PADDED, c.ROW_UNSORTED_PADDED),
+    adds=(
+        c.SCORE,
+        c.ROW_ERROR,
+        c.ROW_STAGE,
+        c.ROW_TOKENS,
+        c.ROW_PADDED,
+        c.ROW_UNSORTED_PADDED,
+        c.ROW_COLLATE_S,
+        c.ROW_FORWARD_S,
+        c.ROW_WRITE_S,
+        c.ROW_FORWARD_START,
+        c.ROW_FORWARD_END,
+    ),
 )

@@ -23,6 +23,7 @@ from actors.fast_paths import apply_fast_paths
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder, resolve_device_and_dtype
 from jobs.bench import methods as bm
+from jobs.bench import scale
 from jobs.bench.data import (
     SHORT_DOCUMENTS,
     LengthSpec,
@@ -90,6 +91,12 @@ class BenchConfig:
     output: str | None = setting(
         None, help="JSON report path (default: bench/benchmark-<model>-<device>-<time>.json)"
     )
+    scale: int | None = setting(
+        None, metavar="N", help="instead: N pairs by CrossEncoder.predict vs python -m jobs.rerank (scale.py)"
+    )
+    simulate_rates: str | None = setting(
+        None, metavar="R1,R2,...", help="instead: a simulated accelerator at these pairs/s (scale.py)"
+    )
     sweep: str | None = setting(
         None,
         metavar="NAME=V1,V2,...",
@@ -99,7 +106,10 @@ class BenchConfig:
 
     def validate(self) -> BenchConfig:
         at_least(self, 2, "num_pairs", "fast_path_pairs")
-        at_least(self, 1, "rounds", "per_query", "pair_tokens")
+        at_least(self, 1, "rounds", "per_query", "pair_tokens", "scale")
+        if sum(x is not None for x in (self.scale, self.simulate_rates, self.sweep)) > 1:
+            raise SettingError("scale", "pass one of --scale, --simulate-rates, --sweep")
+        scale.parse_rates(self.simulate_rates)
         if self.model_config is not None and self.reranker.model != DEMO_RERANKER:
             raise SettingError("model_config", "pass --model or --model-config, not both")
         if self.reranker.model != DEMO_RERANKER:

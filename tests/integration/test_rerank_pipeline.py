@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 
 import numpy as np
@@ -9,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import CrossEncoder
 
+from actors.features import Featurizer
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines.rerank import RerankConfig
@@ -19,10 +22,66 @@ from tests.pairs_data import adversarial_pairs, write_shards
 class ShuffledWorker(RerankWorker):
     """Adversarial double: finishes its micro-batches in a random order."""
 
-    def score_batches(self, pairs, batches):
-        results = [(b, self.score_batch([pairs[i] for i in b.rows])) for b in batches]
-        random.Random(len(pairs)).shuffle(results)
+    def score_batches(self, rows, batches):
+        results = [(b, self.score_batch([rows[i] for i in b.rows])) for b in batches]
+        random.Random(len(rows)).shuffle(results)
         yield from results
+
+
+def counting_worker(log_dir):
+    """A double whose model's `preprocess` logs every pair it is given, in whichever process it runs (the
+    CPU preprocess tasks or the scoring actor)."""
+
+    class CountingWorker(RerankWorker):
+        @classmethod
+        def make_featurizer(cls, model, prompt):
+            original = model.preprocess
+
+            def counted(pairs, prompt=None, **kwargs):
+                with open(os.path.join(log_dir, f"{os.getpid()}.jsonl"), "a") as f:
+                    f.writelines(json.dumps(list(p)) + "\n" for p in pairs)
+                return original(pairs, prompt=prompt, **kwargs)
+
+            model.preprocess = counted
+            return Featurizer(model, prompt)
+
+    return CountingWorker
+
+
+def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwen3_causal):
+    table = adversarial_pairs()
+    pairs = write_shards(table, tmp_path / "pairs", shards=3)
+    log_dir = tmp_path / "calls"
+    log_dir.mkdir()
+    cfg = RerankConfig(
+        pairs=str(pairs),
+        output=str(tmp_path / "out"),
+        reranker=RerankerSpec(model=str(qwen3_causal), max_length=64, batch_tokens=300),
+        pool=PoolSpec(block_rows=16),
+    )
+    manifest = run_rerank(cfg, worker_cls=counting_worker(str(log_dir)))
+
+    seen: dict = {}
+    for log in log_dir.glob("*.jsonl"):
+        for line in log.read_text().splitlines():
+            seen[tuple(json.loads(line))] = seen.get(tuple(json.loads(line)), 0) + 1
+    good, want = expected_scores(qwen3_causal, table, max_length=64)
+    inputs = {(r["query_text"], r["candidate_text"]) for r in good}
+    # Every scorable pair went through preprocess exactly once (duplicate rows share a text pair, so
+    # count rows per text pair), and nothing but input pairs and the actor's two padding probes did.
+    rows_per_pair: dict = {}
+    for r in good:
+        rows_per_pair[(r["query_text"], r["candidate_text"])] = (
+            rows_per_pair.get((r["query_text"], r["candidate_text"]), 0) + 1
+        )
+    assert {p: seen.get(p, 0) for p in inputs} == rows_per_pair
+    assert set(seen) - inputs == {("q", "d"), ("q", "d " * 12)}
+    got = sorted(r["score"] for r in read_ranked(tmp_path / "out"))
+    np.testing.assert_allclose(got, sorted(float(x) for x in want), atol=1e-5, rtol=0)
+    actor = manifest["scoring_actor"]
+    assert actor["forward_s"] > 0 and actor["collate_s"] > 0 and actor["write_back_s"] > 0
+    assert abs(actor["collate_share"] + actor["forward_share"] + actor["write_back_share"] - 1) < 1e-9
+    assert 0 < actor["forward_busy"] <= 1
 
 
 def expected_scores(model_dir, table, prompt=None, max_length=None):

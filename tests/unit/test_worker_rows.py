@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from actors.element_inputs import build_elements
 from actors.embedder import EmbedderSpec, EmbedWorker
+from actors.features import Collator, Featurizer
 from actors.pair_inputs import build_pairs
 from actors.reranker import RerankerSpec, RerankWorker
 from actors.rows import isolate_failures
@@ -30,22 +31,39 @@ def fake_score(query: str, candidate: str) -> float:
     return len(query) + sum(map(ord, candidate)) / 1000
 
 
+class FakeModel(TextOnly):
+    """Preprocessing stand-in: a pair's ids are the code points of "query|candidate", right-padded."""
+
+    def preprocess(self, pairs: list, prompt=None) -> dict:
+        import torch
+
+        if any(p[1] == "bad-length" for p in pairs):
+            raise ValueError("cannot tokenize")
+        texts = [f"{q}|{d}" for q, d in pairs]
+        width = max(map(len, texts))
+        ids = torch.zeros((len(texts), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, text in enumerate(texts):
+            ids[i, : len(text)] = torch.tensor([ord(ch) for ch in text])
+            mask[i, : len(text)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
 class FakeReranker(RerankWorker):
-    """Tokens = candidate length; `boom` cannot be scored, `bad-length` cannot be tokenized."""
+    """The real featurizer and collator over `FakeModel`; `boom` cannot be scored, `bad-length` cannot be
+    preprocessed."""
 
     def __init__(self):
         self.spec = RerankerSpec(model="fake", batch_tokens=1000)
-        self.model, self.prefix, self.prompt = TextOnly(), None, None
+        self.model, self.prefix, self.prompt = FakeModel(), None, None
+        self.featurize = Featurizer(self.model, None)
+        self.collate = Collator("right", 0)
 
-    def token_lengths(self, pairs: list) -> np.ndarray:
-        if any(p[1] == "bad-length" for p in pairs):
-            raise ValueError("cannot tokenize")
-        return np.asarray([len(p[1]) for p in pairs])
-
-    def score_batch(self, pairs: list) -> np.ndarray:
-        if any(p[1] == "boom" for p in pairs):
+    def forward(self, features: dict) -> np.ndarray:
+        texts = ["".join(chr(t) for t in row if t) for row in features["input_ids"].tolist()]
+        if any(t.endswith("|boom") for t in texts):
             raise RuntimeError("boom\nsecond line")
-        return np.asarray([fake_score(*p) for p in pairs], dtype=np.float32)
+        return np.asarray([fake_score(*t.split("|")) for t in texts], dtype=np.float32)
 
 
 def test_reranker_isolates_the_failing_pairs_and_keeps_every_row_in_place():

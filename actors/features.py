@@ -1,0 +1,201 @@
+"""Each pair's model features, computed once: by `Featurizer` (the model's own `preprocess`), carried in Arrow
+columns between stages, and collated into padded micro-batches by `Collator` right before the forward.
+
+A row's features are its real tokens (`__input_ids`, no padding) and whatever else the processor made for
+it (`__features`: pixel values, grid sizes, audio features, token-type ids; pickled, null for plain text).
+Collating re-pads to the micro-batch's longest row on the model's own padding side with its own pad id,
+and concatenates the rest along the batch axis, which is how the processor itself batches them: the
+tensors a forward sees are those `CrossEncoder.predict` builds for the same rows.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from actors.rows import failure_reason
+from schemas import columns as c
+
+TEXT_CHUNK_ROWS = 256  # text pairs preprocessed per call (the tokenizer batches them in Rust)
+
+
+@dataclass
+class RowFeatures:
+    """One pair's features, unpadded. `seq`: per-token arrays beside the ids (padded like them);
+    `rows`: tensors whose first axis is this row's share of the batch (concatenated); `const`: values the
+    processor gives once per batch (modality, logits_to_keep), which rows batched together must share."""
+
+    ids: np.ndarray
+    seq: dict = field(default_factory=dict)
+    rows: dict = field(default_factory=dict)
+    const: dict = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+    def signature(self) -> tuple:
+        """Rows batch together only when their features have the same shape of dict."""
+        return (tuple(sorted(self.seq)), tuple(sorted(self.rows)), tuple(sorted(self.const.items())))
+
+    def extras(self) -> bytes | None:
+        """Everything but the ids, for the `__features` column (None for plain text)."""
+        if not self.seq and not self.rows and not self.const:
+            return None
+        return pickle.dumps((self.seq, self.rows, self.const), protocol=5)
+
+
+def to_columns(features: list[RowFeatures | None]) -> dict[str, pa.Array]:
+    """`__input_ids`, `__features`, `__tokens` for a block (None: a row without features)."""
+    ids = [None if f is None else f.ids for f in features]
+    return {
+        c.ROW_INPUT_IDS: pa.array(ids, pa.list_(pa.int32())),
+        c.ROW_FEATURES: pa.array([None if f is None else f.extras() for f in features], pa.binary()),
+        c.ROW_TOKENS: pa.array([0 if f is None else f.tokens for f in features], pa.int64()),
+    }
+
+
+def from_table(table: pa.Table, rows: np.ndarray) -> list[RowFeatures]:
+    """The features of `rows` of a block that carries `__input_ids` / `__features`."""
+    ids = table.column(c.ROW_INPUT_IDS).combine_chunks()
+    offsets = ids.offsets.to_numpy()
+    values = ids.values.to_numpy(zero_copy_only=False)
+    extras = table.column(c.ROW_FEATURES).to_pylist()
+    out = []
+    for i in rows:
+        row = RowFeatures(values[offsets[i] : offsets[i + 1]])
+        if extras[i] is not None:
+            row.seq, row.rows, row.const = pickle.loads(extras[i])
+        out.append(row)
+    return out
+
+
+def _numpy(value):
+    """Tensors travel as numpy where numpy has the dtype (bfloat16 does not: kept as a tensor)."""
+    try:
+        return value.numpy()
+    except TypeError:
+        return value
+
+
+def split_rows(output: dict) -> list[RowFeatures] | None:
+    """A batched `preprocess` output as one `RowFeatures` a row, or None when it holds a tensor that is not
+    laid out per token (e.g. image patches of several rows concatenated): such batches go row by row."""
+    import torch
+
+    ids, mask = output["input_ids"], output.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    batch, width = ids.shape
+    seq, const = {}, {}
+    for key, value in output.items():
+        if key in ("input_ids", "attention_mask"):
+            continue
+        if isinstance(value, torch.Tensor):
+            if value.dim() < 2 or tuple(value.shape[:2]) != (batch, width):
+                if batch > 1:
+                    return None
+                continue  # one row: handled below as a whole
+            seq[key] = value
+        else:
+            const[key] = value
+    keep = mask.bool()
+    rows = []
+    for i in range(batch):
+        row = RowFeatures(ids[i][keep[i]].numpy().astype(np.int32), const=dict(const))
+        row.seq = {key: _numpy(value[i][keep[i]]) for key, value in seq.items()}
+        if batch == 1:
+            row.rows = {
+                key: _numpy(value)
+                for key, value in output.items()
+                if isinstance(value, torch.Tensor)
+                and key not in seq
+                and key not in ("input_ids", "attention_mask")
+            }
+        rows.append(row)
+    return rows
+
+
+class Featurizer:
+    """A model's `preprocess`, a pair at a time in effect: text pairs in chunks (tokenised together, then
+    split per row), pairs with media one by one (their processor outputs are not per-token)."""
+
+    def __init__(self, model, prompt: str | None):
+        self.model, self.prompt = model, prompt
+
+    def __call__(self, pairs: list) -> tuple[list[RowFeatures | None], dict[int, str]]:
+        """(features per pair, {index: reason} for the pairs that could not be preprocessed)."""
+        out: list[RowFeatures | None] = [None] * len(pairs)
+        bad: dict[int, str] = {}
+        text = [k for k, p in enumerate(pairs) if all(isinstance(x, str) for x in p)]
+        text_set = set(text)
+        for start in range(0, len(text), TEXT_CHUNK_ROWS):
+            chunk = text[start : start + TEXT_CHUNK_ROWS]
+            try:
+                rows = split_rows(self.model.preprocess([pairs[k] for k in chunk], prompt=self.prompt))
+            except Exception:
+                rows = None  # one bad pair must not fail its chunk: go row by row
+            if rows is None:
+                for k in chunk:
+                    self._one(pairs, k, out, bad)
+            else:
+                for k, row in zip(chunk, rows, strict=True):
+                    out[k] = row
+        for k in range(len(pairs)):
+            if k not in text_set:
+                self._one(pairs, k, out, bad)
+        return out, bad
+
+    def _one(self, pairs, k, out, bad) -> None:
+        try:
+            out[k] = split_rows(self.model.preprocess([pairs[k]], prompt=self.prompt))[0]
+        except Exception as exc:  # one bad pair becomes one error row
+            bad[k] = failure_reason("preprocessing failed", exc)
+
+
+@dataclass(frozen=True)
+class Collator:
+    """Pads rows to a micro-batch as the model's processor pads: `side` ("left"/"right"), `pad_id` for the
+    ids, 0 for the mask and other per-token arrays; `id_dtype`, `mask_dtype` as the processor returns."""
+
+    side: str
+    pad_id: int
+    id_dtype: object = None
+    mask_dtype: object = None
+
+    @classmethod
+    def probe(cls, model, prompt: str | None) -> Collator:
+        """Learn the padding from the model's own preprocessing of two text pairs of unequal length."""
+        out = model.preprocess([("q", "d"), ("q", "d " * 12)], prompt=prompt)
+        ids, mask = out["input_ids"], out["attention_mask"]
+        short = mask[0].bool()
+        side = "left" if not short[0] else "right"
+        pad = ids[0][~short]
+        return cls(side, int(pad[0]) if len(pad) else 0, ids.dtype, mask.dtype)
+
+    def __call__(self, rows: list[RowFeatures]) -> dict:
+        import torch
+
+        width = max(r.tokens for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=self.id_dtype or torch.long)
+        mask = torch.zeros((len(rows), width), dtype=self.mask_dtype or torch.long)
+        for i, r in enumerate(rows):
+            span = slice(width - r.tokens, width) if self.side == "left" else slice(0, r.tokens)
+            ids[i, span] = torch.from_numpy(np.asarray(r.ids, dtype=np.int64))
+            mask[i, span] = 1
+        features = {"input_ids": ids, "attention_mask": mask}
+        first = rows[0]
+        for key in first.seq:
+            values = [torch.as_tensor(r.seq[key]) for r in rows]
+            padded = values[0].new_zeros((len(rows), width, *values[0].shape[1:]))
+            for i, v in enumerate(values):
+                span = slice(width - len(v), width) if self.side == "left" else slice(0, len(v))
+                padded[i, span] = v
+            features[key] = padded
+        for key in first.rows:
+            features[key] = torch.cat([torch.as_tensor(r.rows[key]) for r in rows], dim=0)
+        features.update(first.const)
+        return features

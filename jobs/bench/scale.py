@@ -1,0 +1,234 @@
+"""Two benchmark modes where the model is cheap next to the CPU work around it (a 0.6B reranker on an H100):
+
+- `--scale N`: N pairs (`--per-query` candidates per query, skewed lengths, 8 Parquet shards) scored by a tiny
+  random Llama reranker, `CrossEncoder.predict` (batch 32) against `python -m jobs.rerank` end to end (its
+  own process: Ray start-up, preprocessing, scoring, ranking, writing), side by side in one run.
+- `--simulate-rates R1,R2,...`: the pipeline with a scorer double whose forward sleeps (releasing the GIL, as
+  a GPU kernel does) for a fixed time per padded token, set so that it scores R pairs/s at the set's mean
+  token count. Preprocessing and collating are real. It reports the double's busy fraction over the scoring
+  stage once warm (first forward to last): the figure that predicts accelerator utilisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder
+from jobs.bench.data import skewed_pairs
+from schemas.settings import SettingError
+
+SHARDS = 8
+SAMPLE_PAIRS = 2000  # pairs preprocessed on the driver to learn the mean token count
+
+
+def parse_rates(text: str | None) -> list[float]:
+    """`--simulate-rates 1000,2000` as floats (each > 0)."""
+    if text is None:
+        return []
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) <= 0:
+        raise SettingError("simulate_rates", f"{text!r}: give positive pairs/s values, e.g. 1000,2000")
+    return rates
+
+
+def write_shards(table: pa.Table, directory: str, shards: int = SHARDS) -> str:
+    os.makedirs(directory, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, shards + 1).astype(int)
+    for i in range(shards):
+        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), f"{directory}/part-{i}.parquet")
+    return directory
+
+
+def _pairs(table: pa.Table) -> list:
+    return list(
+        zip(table.column("query_text").to_pylist(), table.column("candidate_text").to_pylist(), strict=True)
+    )
+
+
+def predict_run(model: str, table: pa.Table, threads: int) -> dict:
+    """`CrossEncoder.predict` over every pair, as a user would call it (its default batch size, 32)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    encoder = load_cross_encoder(RerankerSpec(model=model, device="cpu"))
+    loaded = time.perf_counter()
+    encoder.predict(_pairs(table), show_progress_bar=False)
+    ended = time.perf_counter()
+    return {
+        "wall_s": ended - started,
+        "load_s": loaded - started,
+        "pairs_per_s": table.num_rows / (ended - started),
+    }
+
+
+def rerank_run(model: str, pairs: str, output: str, rows: int, args: list[str]) -> dict:
+    """`python -m jobs.rerank` in its own process (it starts its own local Ray instance), timed from launch
+    to exit; the scoring stage's own rate from its manifest."""
+    cmd = [sys.executable, "-m", "jobs.rerank", "--pairs", pairs, "--output", output, "--model", model, *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("RAY_ADDRESS", None)
+    started = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"jobs.rerank exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    with open(os.path.join(output, "manifest.json")) as f:
+        manifest = json.load(f)
+    score_s = manifest["timings"]["score_s"]
+    return {
+        "wall_s": wall,
+        "pairs_per_s": rows / wall,
+        "score_s": score_s,
+        "scoring_pairs_per_s": rows / score_s,
+        "padding_efficiency": manifest["tokens"]["padding_efficiency"],
+        "scoring_actor": manifest["scoring_actor"],
+        "timings": manifest["timings"],
+    }
+
+
+def run_scale(cfg, model: str) -> dict:
+    """`--scale`: predict vs jobs.rerank, interleaved over `cfg.rounds`; medians."""
+    table = skewed_pairs(cfg.scale, cfg.per_query, cfg.lengths, cfg.seed)
+    root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-scale-")
+    pairs = write_shards(table, os.path.join(root, "pairs"))
+    threads = cfg.threads or os.cpu_count() or 1
+    args = ["--torch-threads", str(threads), "--progress-interval", "0"]
+    runs: dict[str, list[dict]] = {"predict": [], "rerank": []}
+    try:
+        for r in range(cfg.rounds):
+            for name in ("rerank", "predict") if r % 2 == 0 else ("predict", "rerank"):
+                if name == "predict":
+                    runs[name].append(predict_run(model, table, threads))
+                else:
+                    out = os.path.join(root, f"rerank-{r}")
+                    runs[name].append(rerank_run(model, pairs, out, table.num_rows, args))
+                    shutil.rmtree(out, ignore_errors=True)
+                print(
+                    f"[benchmark] round {r + 1}/{cfg.rounds} {name}: {runs[name][-1]['wall_s']:.1f} s",
+                    flush=True,
+                )
+    finally:
+        if cfg.work_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    median = {
+        "predict": statistics.median(x["pairs_per_s"] for x in runs["predict"]),
+        "rerank_scoring": statistics.median(x["scoring_pairs_per_s"] for x in runs["rerank"]),
+        "rerank_end_to_end": statistics.median(x["pairs_per_s"] for x in runs["rerank"]),
+    }
+    return {
+        "mode": "scale",
+        "pairs": table.num_rows,
+        "queries": table.num_rows // cfg.per_query,
+        "shards": SHARDS,
+        "model": model,
+        "torch_threads": threads,
+        "pairs_per_s": median,
+        "ratio_end_to_end_vs_predict": median["rerank_end_to_end"] / median["predict"],
+        "runs": runs,
+        "loadavg_end": os.getloadavg(),
+    }
+
+
+def scale_summary(report: dict) -> str:
+    m = report["pairs_per_s"]
+    lines = [
+        f"{report['pairs']} pairs ({report['queries']} queries, {report['shards']} shards), {report['model']}",
+        f"{'':<52}{'pairs/s':>9}",
+        f"{'CrossEncoder.predict (batch 32)':<52}{m['predict']:>9.0f}",
+        f"{'jobs.rerank, scoring stage only':<52}{m['rerank_scoring']:>9.0f}",
+        f"{'jobs.rerank, end to end (start-up, ranking, writing)':<52}{m['rerank_end_to_end']:>9.0f}",
+        f"end to end / predict: {report['ratio_end_to_end_vs_predict']:.2f}x",
+    ]
+    return "\n".join(lines)
+
+
+def simulated_worker(seconds_per_token: float) -> type:
+    """A `RerankWorker` whose forward sleeps `seconds_per_token` x padded tokens and returns zeros; its
+    model is loaded without weights (preprocessing and collating stay real)."""
+
+    class SimulatedAccelerator(RerankWorker):
+        def load_model(self, spec):
+            return load_cross_encoder(spec, weights=False)
+
+        def forward(self, features: dict) -> np.ndarray:
+            ids = features["input_ids"]
+            time.sleep(ids.numel() * seconds_per_token)
+            return np.zeros(ids.shape[0], dtype=np.float32)
+
+    return SimulatedAccelerator
+
+
+def mean_tokens(model: str, table: pa.Table) -> float:
+    from actors.features import Featurizer
+
+    encoder = load_cross_encoder(RerankerSpec(model=model), weights=False)
+    features, _ = Featurizer(encoder, None)(_pairs(table.slice(0, SAMPLE_PAIRS)))
+    return float(np.mean([f.tokens for f in features if f is not None]))
+
+
+def run_simulation(cfg, model: str, rates: list[float]) -> dict:
+    """`--simulate-rates`: one pipeline run per rate on `cfg.num_pairs` pairs. Assumes `ray.init`."""
+    from pipelines.rerank_run import run_rerank
+
+    table = skewed_pairs(cfg.num_pairs, cfg.per_query, cfg.lengths, cfg.seed)
+    tokens = mean_tokens(model, table)
+    root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-simulate-")
+    pairs = write_shards(table, os.path.join(root, "pairs"))
+    results = {}
+    try:
+        for rate in rates:
+            out = os.path.join(root, f"run-{rate:g}")
+            rcfg = replace(cfg.rerank_config(), pairs=pairs, output=out)
+            started = time.perf_counter()
+            manifest = run_rerank(rcfg, worker_cls=simulated_worker(1.0 / (rate * tokens)))
+            actor = manifest["scoring_actor"]
+            results[f"{rate:g}"] = {
+                "busy": actor["forward_busy"],
+                "forward_window_s": actor["forward_window_s"],
+                "collate_s": actor["collate_s"],
+                "write_back_s": actor["write_back_s"],
+                "padding_efficiency": manifest["tokens"]["padding_efficiency"],
+                "wall_s": time.perf_counter() - started,
+            }
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"[benchmark] simulated {rate:g} pairs/s: busy {actor['forward_busy']:.3f}", flush=True)
+    finally:
+        if cfg.work_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return {
+        "mode": "simulate",
+        "pairs": table.num_rows,
+        "mean_tokens_per_pair": tokens,
+        "model": model,
+        "pool": cfg.rerank_config().pool.__dict__,
+        "rates": results,
+        "loadavg_end": os.getloadavg(),
+    }
+
+
+def simulation_summary(report: dict) -> str:
+    lines = [
+        f"simulated accelerator, {report['pairs']} pairs, {report['mean_tokens_per_pair']:.0f} tokens/pair",
+        f"{'pairs/s':>10}{'busy':>8}{'collate s':>11}{'write s':>9}{'padding':>9}",
+    ]
+    for rate, r in report["rates"].items():
+        lines.append(
+            f"{rate:>10}{r['busy']:>8.3f}{r['collate_s']:>11.2f}{r['write_back_s']:>9.2f}{r['padding_efficiency']:>9.3f}"
+        )
+    return "\n".join(lines)
