@@ -125,6 +125,11 @@ class Featurizer:
 
     def __init__(self, model, prompt: str | None):
         self.model, self.prompt = model, prompt
+        # With flash-attention the library would return one flattened, unpadded sequence per batch; rows
+        # here are kept apart and re-padded per length-sorted micro-batch instead (padding ~0.96).
+        first = model[0] if hasattr(model, "__getitem__") else None
+        if hasattr(first, "_should_flatten_inputs"):
+            first._should_flatten_inputs = lambda *args, **kwargs: False
 
     def __call__(self, pairs: list) -> tuple[list[RowFeatures | None], dict[int, str]]:
         """(features per pair, {index: reason} for the pairs that could not be preprocessed)."""

@@ -42,6 +42,17 @@ def test_pieces_commit_whole_and_resume_skips_exactly_their_rows(tmp_path):
     assert ckpt.pieces() == []
 
 
+def test_piece_stats_sum_and_keep_the_window(tmp_path):
+    ckpt = Checkpoint(str(tmp_path))
+    for keys, start, end in (([1, 2], 10.0, 12.0), ([3], 9.0, 11.0)):
+        commit_piece(
+            block(keys),
+            ckpt.directory,
+            lambda t, s=start, e=end: {"rows": t.num_rows, "min_forward_start": s, "max_forward_end": e},
+        )
+    assert ckpt.stats() == {"rows": 3, "min_forward_start": 9.0, "max_forward_end": 12.0}
+
+
 def test_a_second_driver_is_refused_and_a_dead_ones_lease_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.setattr(run_lease, "HEARTBEAT_S", 0.05)
     with Lease(str(tmp_path)):
