@@ -9,8 +9,6 @@ forward + activation, exactly as `CrossEncoder.predict` does per batch.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +19,10 @@ import pyarrow as pa
 from actors.fast_paths import SCORE_PATHS, PrefixReuse, ScorePath, apply_fast_paths, finish_scores
 from actors.features import Collator, Featurizer, RowFeatures, from_table, to_columns
 from actors.media_loader import PAYLOAD_COLUMNS
-from actors.model_source import materialize
-from actors.model_spec import ModelSpec, resolve_device_and_dtype
+from actors.model_spec import ModelSpec
 from actors.pair_inputs import build_pairs
+from actors.quarantine import KILLED, Quarantine
+from actors.reranker_load import default_prompt, load_cross_encoder
 from actors.rows import RowErrors, column_or_nulls, isolate_failures, replace_columns
 from actors.token_budget import MicroBatch, pack_by_groups
 from schemas import columns as c
@@ -75,56 +74,6 @@ class RerankerSpec(ModelSpec):
         return self
 
 
-def load_cross_encoder(spec: RerankerSpec, weights: bool = True):
-    """Load the CrossEncoder (`weights=False`: on the meta device, for preprocessing only: the tokenizer,
-    processor, chat template and prompts, without reading a weight). A saved sentence-transformers directory loads as saved; a plain causal LM gets
-    the library's default Transformer(text-generation) + LogitScore("yes", "no"); a multimodal LM directory
-    without modules.json (which the library would misload as sequence classification) is built as
-    Transformer(any-to-any) + LogitScore("yes", "no")."""
-    from sentence_transformers import CrossEncoder
-
-    path = materialize(spec.model)
-    device, dtype = resolve_device_and_dtype(spec)
-    kwargs = dict(
-        device=device,
-        trust_remote_code=spec.trust_remote_code,
-        revision=spec.revision,
-        model_kwargs={"dtype": dtype},
-    )
-    if spec.attn_implementation is not None:
-        kwargs["model_kwargs"]["attn_implementation"] = spec.attn_implementation
-    if not weights:
-        kwargs["model_kwargs"]["device_map"] = "meta"
-        kwargs.pop("device")
-    if spec.max_length is not None:
-        kwargs["max_length"] = spec.max_length
-    if _is_multimodal_lm_without_modules(path):
-        from sentence_transformers.cross_encoder.modules import LogitScore
-        from sentence_transformers.sentence_transformer.modules import Transformer
-
-        shared = {"trust_remote_code": spec.trust_remote_code, "revision": spec.revision}
-        transformer = Transformer(
-            path,
-            transformer_task="any-to-any",
-            model_kwargs={**shared, **kwargs["model_kwargs"]},
-            processor_kwargs=shared,
-            config_kwargs=shared,
-            processing_kwargs={"chat_template": {"add_generation_prompt": True}},
-            max_seq_length=spec.max_length,
-        )
-        tok = transformer.tokenizer
-        yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
-        if yes is None or no is None or tok.unk_token_id in (yes, no):
-            raise ValueError(
-                f"model {spec.model!r}: its tokenizer has no single 'yes'/'no' tokens, which the default "
-                "LogitScore of a multimodal LM needs; save it as a CrossEncoder with its own LogitScore"
-            )
-        return CrossEncoder(
-            modules=[transformer, LogitScore(yes, no)], num_labels=1, device=device if weights else "meta"
-        )
-    return CrossEncoder(path, **kwargs)
-
-
 def non_finite_reason(value: float, model) -> str:
     """The error of a pair whose score came out NaN or infinite: named, with its usual causes."""
     dtype = getattr(model, "dtype", None)
@@ -132,24 +81,6 @@ def non_finite_reason(value: float, model) -> str:
         f"non-finite score {value} (model dtype {dtype}): an fp16 overflow or a broken checkpoint; "
         "try --dtype bfloat16 or float32"
     )
-
-
-def _is_multimodal_lm_without_modules(path: str) -> bool:
-    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "modules.json")):
-        return False
-    config_path = os.path.join(path, "config.json")
-    if not os.path.exists(config_path):
-        return False
-    with open(config_path) as f:
-        archs = json.load(f).get("architectures") or [""]
-    return archs[0].endswith("ForConditionalGeneration")
-
-
-def default_prompt(spec: RerankerSpec, model) -> str | None:
-    """As `CrossEncoder.predict` does: no explicit prompt means the model's default prompt, if it has one."""
-    if spec.prompt is None and model.default_prompt_name is not None:
-        return model.prompts.get(model.default_prompt_name)
-    return spec.prompt
 
 
 class RerankWorker:
@@ -226,7 +157,12 @@ class RerankWorker:
 
     # -- the Ray Data entry point ----------------------------------------------------------------
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, attempts_dir: str | None = None, commit=None) -> pa.Table:
+        """Score a block. `attempts_dir`: where blocks being scored leave a marker, so that a block whose
+        scoring kills the actor is bisected on its retries (`actors.quarantine`); None: no markers.
+        `commit`: a function that makes the scored block durable (a checkpoint piece) and returns what the
+        stage outputs instead of the rows; it runs here, as the block's last step, so a block is committed
+        as soon as it is scored."""
         self.clock = _Clock()
         n = table.num_rows
         errors = RowErrors(table, "score")
@@ -244,21 +180,27 @@ class RerankWorker:
         rows = np.asarray([i for i in range(n) if errors.ok(i) and cached[i] is None], dtype=np.int64)
         if len(rows):
             features = from_table(table, rows)
-            lengths = tokens[rows]
             for start in range(0, len(rows), BASELINE_BATCH_ROWS):
                 chunk = rows[start : start + BASELINE_BATCH_ROWS]
                 unsorted_padded[chunk] = tokens[chunk].max()
             self.clock.collate_s += time.perf_counter() - t0
-            for batch, batch_scores, failed in self._score_isolating_failures(table, rows, features, lengths):
-                targets = rows[batch.rows]
-                values = np.asarray(batch_scores, dtype=np.float32).reshape(len(targets))
-                scores[targets] = values
-                for k, reason in failed.items():
-                    errors.fail(targets[k], reason)
-                for k in np.flatnonzero(~np.isfinite(values)):
-                    if k not in failed:
-                        errors.fail(targets[k], non_finite_reason(values[k], self.model))
-                padded[targets] = batch.padded_length
+            out = (scores, padded, errors)
+            guard = self._quarantine(table, rows, attempts_dir)
+            if not guard.suspect:
+                guard.start()
+                self._score_rows(table, rows, features, tokens, *out)
+            else:  # an earlier attempt of this block died with its actor: score it in parts
+                for lo, hi in guard.parts():
+                    part = np.arange(lo, hi)
+                    self._score_rows(table, rows[part], [features[k] for k in part], tokens, *out)
+                    guard.record(part, scores[rows[part]], [errors.reasons[i] for i in rows[part]])
+                for pos, (score, reason) in guard.done.items():
+                    scores[rows[pos]] = np.nan if score is None else score
+                    if reason is not None:
+                        errors.fail(rows[pos], reason)
+                for pos in guard.killers:
+                    errors.fail(rows[pos], KILLED)
+            guard.finish()
         t_write = time.perf_counter()
         # Features and decoded media stay here: the scored rows carry ids, scores and references.
         drop = [*PAYLOAD_COLUMNS, c.ROW_INPUT_IDS, c.ROW_FEATURES]
@@ -272,7 +214,39 @@ class RerankWorker:
             c.ROW_UNSORTED_PADDED: pa.array(unsorted_padded),
         }
         self.clock.write_s = time.perf_counter() - t_write
-        return replace_columns(out, {**columns, **self.clock.columns(n)})
+        out = replace_columns(out, {**columns, **self.clock.columns(n)})
+        if commit is None:
+            return out
+        # The commit's own time is write-back too: counted into the piece it writes.
+        t_write = time.perf_counter() - t_write
+        return commit(
+            out.set_column(out.schema.get_field_index(c.ROW_WRITE_S), c.ROW_WRITE_S, _first(t_write, n))
+        )
+
+    def _quarantine(self, table: pa.Table, rows: np.ndarray, attempts_dir: str | None) -> Quarantine:
+        if attempts_dir is None or c.ROW_KEY not in table.column_names:
+            return Quarantine(None, rows, [])
+        keys = table.column(c.ROW_KEY).to_numpy()[rows]
+        first = rows[:5]
+        qids, cids = (
+            table.column(name).take(pa.array(first)).to_pylist() for name in (c.QUERY_ID, c.CANDIDATE_ID)
+        )
+        return Quarantine(attempts_dir, keys, [f"{q}/{d}" for q, d in zip(qids, cids, strict=True)])
+
+    def _score_rows(self, table, rows, features, tokens, scores, padded, errors) -> None:
+        """Score `rows` of the block (their `features`), writing scores, padded lengths and failures."""
+        for batch, batch_scores, failed in self._score_isolating_failures(
+            table, rows, features, tokens[rows]
+        ):
+            targets = rows[batch.rows]
+            values = np.asarray(batch_scores, dtype=np.float32).reshape(len(targets))
+            scores[targets] = values
+            for k, reason in failed.items():
+                errors.fail(targets[k], reason)
+            for k in np.flatnonzero(~np.isfinite(values)):
+                if k not in failed:
+                    errors.fail(targets[k], non_finite_reason(values[k], self.model))
+            padded[targets] = batch.padded_length
 
     def preprocess(self, table: pa.Table, errors: RowErrors, cached: list) -> pa.Table:
         """Features for a block that did not come through the preprocess stage (built here, once)."""
@@ -311,6 +285,10 @@ class RerankWorker:
             yield batch, *isolate_failures(score, batch_pairs, "scoring failed", np.nan)
             self.clock.forward_s += time.perf_counter() - t0
             self.clock.ended = time.time()
+
+
+def _first(value: float, n: int) -> pa.Array:
+    return pa.array([value, *[0.0] * (n - 1)][:n], pa.float64())
 
 
 @dataclass

@@ -38,8 +38,12 @@ def resolve_model(cfg: BenchConfig) -> str:
         return cfg.reranker.model
     from jobs.demo_assets import build_demo
 
+    if (cfg.scale or cfg.simulate_rates) and not cfg.model_config:
+        from jobs.demo_assets.tiny_lm import build_tiny_reranker
+
+        return str(build_tiny_reranker(os.path.join(cfg.demo_dir, "models", "tiny-llama-reranker")))
     demo = build_demo(cfg.demo_dir).reranker
-    config = cfg.model_config or ("tiny-llama" if cfg.scale or cfg.simulate_rates else None)
+    config = cfg.model_config
     if not config:
         return demo
     from jobs.bench.models import build_random_reranker

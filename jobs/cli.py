@@ -18,7 +18,7 @@ from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any, Literal
 
 from schemas.settings import SettingError
-from schemas.tables import InputError, TooManyErrors
+from schemas.tables import InputError, JobFailed, TooManyErrors
 
 RAY_ADDRESS_HELP = (
     "Ray cluster address (default: RAY_ADDRESS, set by `ray job submit`, or a new local instance)"
@@ -174,6 +174,9 @@ def run_job(
         print(run(cfg, checked))
     except InputError as exc:  # found only while running: a changed configuration, nothing embedded, ...
         return user_error(parser, exc)
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except TooManyErrors as exc:  # the output is complete; its manifest says why the run is not good
         print(exc.summary)
         print(f"error: {exc}", file=sys.stderr)

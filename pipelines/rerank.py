@@ -202,12 +202,22 @@ def preprocess_stage(
     )
 
 
-def score_stage(ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker) -> ray.data.Dataset:
+def attempts_dir(output: str | None) -> str | None:
+    """Where scoring actors mark the blocks they are on (`actors.quarantine`), inside the checkpoint."""
+    return io.join(output, "_scored", ".attempts") if output else None
+
+
+def score_stage(
+    ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker, commit=None
+) -> ray.data.Dataset:
+    """The scoring actors. With `commit` (see `RerankWorker.__call__`) each actor commits the blocks it
+    scores itself and the stage outputs what `commit` returns (a row count per block)."""
     return ds.map_batches(
         worker_cls,
         fn_constructor_kwargs={"spec": cfg.reranker, "torch_threads": cfg.pool.torch_threads},
+        fn_kwargs={"attempts_dir": attempts_dir(cfg.output), "commit": commit},
         batch_format="pyarrow",
-        udf_modifying_row_count=False,
+        udf_modifying_row_count=commit is not None,
         **cfg.pool.actor_options(),
     )
 
@@ -336,10 +346,12 @@ def score_pairs(
     plan: PairsPlan,
     worker_cls=RerankWorker,
     extra_stages=(),
+    commit=None,
 ) -> ray.data.Dataset:
-    """rename (`--column`) ─► validate ─► `extra_stages` ─► media (when `plan.media`) ─► score: one row
-    per input row, its `score` or its `__error`, internal columns included. `cfg` gives the reranker,
-    the pool and the media limits."""
+    """rename (`--column`) ─► validate ─► `extra_stages` ─► media (when `plan.media`) ─► preprocess ─►
+    score: one row per input row, its `score` or its `__error`, internal columns included (or, with
+    `commit`, what it returns per committed block). `cfg` gives the reranker, the pool and the media
+    limits."""
     if plan.rename:
         ds = ds.rename_columns(dict(plan.rename))
     ds = ds.map_batches(
@@ -349,7 +361,7 @@ def score_pairs(
         ds = stage(ds)
     if plan.media:
         ds = media_stage(ds, cfg)
-    return score_stage(preprocess_stage(ds, cfg, plan.keep, worker_cls), cfg, worker_cls)
+    return score_stage(preprocess_stage(ds, cfg, plan.keep, worker_cls), cfg, worker_cls, commit)
 
 
 def rank_scored(

@@ -4,14 +4,16 @@
    files with sizes and modification times) is checked against an earlier attempt of the same run id, and
    an output holding a complete run is returned only for the same run id and identity (`--mode`).
 2. A lease (`pipelines.run_lease`) keeps a second driver off the same output.
-3. Scoring commits each block as a piece (`pipelines.checkpoint`) as it goes: an attempt scores only the
-   rows no committed piece holds, so a killed driver loses at most the blocks in flight.
+3. Each scoring actor commits every block it scores as a piece (`pipelines.checkpoint`) as soon as it is
+   scored: an attempt scores only the rows no committed piece holds, so a killed driver loses at most the
+   blocks in flight.
 4. Ranking and the errors table read the committed pieces; `manifest.json` is written last, then the
    checkpoint is removed (a kill in between leaves a complete run, not a marker over partial data).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -21,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from actors.quarantine import describe_stuck
 from actors.reranker import RerankWorker
 from pipelines import io, progress
 from pipelines.checkpoint import Checkpoint, commit_piece
@@ -29,6 +32,7 @@ from pipelines.rerank import (
     OutputLayout,
     PairsPlan,
     RerankConfig,
+    attempts_dir,
     block_stats,
     check_pairs,
     pairs_files,
@@ -39,7 +43,7 @@ from pipelines.rerank import (
 from pipelines.run_info import library_versions, model_fingerprint, pinned, resolved_dtype
 from pipelines.run_lease import Lease, changed_fields, check_identity, input_stats
 from schemas import columns as c
-from schemas.tables import InputError
+from schemas.tables import InputError, JobFailed
 
 # RerankerSpec fields that change a score (batch_tokens and device do not).
 SCORE_SETTINGS = (
@@ -141,16 +145,17 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
     started = time.perf_counter()
     if len(committed) < total:
         with progress.stage("score", f"{total - len(committed)} of {total} pairs to score"):
-            ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages)
-            ds = ds.map_batches(
-                commit_piece,
-                fn_kwargs={"directory": ckpt.directory, "stats": block_stats},
-                batch_format="pyarrow",
-                batch_size=None,
-            )
+            commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats)
+            ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages, commit)
             t0 = time.perf_counter()
             with progress.Ticker("pairs scored", total, ckpt.committed_rows):
-                ds.materialize()
+                try:
+                    ds.materialize()
+                except Exception as exc:
+                    stuck = describe_stuck(attempts_dir(cfg.output))
+                    if stuck is None:
+                        raise
+                    raise JobFailed(stuck) from exc
             timings["score_s"] = time.perf_counter() - t0
     pieces = ckpt.pieces()
     if ckpt.committed_rows() != total:

@@ -58,15 +58,16 @@ ROW_CACHE_KEY = "__cache_key"  # the pair's score-cache key (see pipelines.score
 ROW_SIDE = "__side"  # which input of a co-partitioned join a row came from (see pipelines.keyed_join)
 ROW_KEY = "__row_key"  # a stable key of the input row: file index << 40 | row in file (pipelines.checkpoint)
 
-
-def media_payload_column(content_column: str) -> str:
-    """Internal column holding the decoded, in-memory form of a media reference column."""
-    return f"{INTERNAL}{content_column}"
-ROW_INPUT_IDS = "__input_ids"  # the pair's real token ids (list<int32>, no padding), from the preprocess stage
-ROW_FEATURES = "__features"  # the pair's other processor outputs (pickled; null for plain text): actors.features
+ROW_INPUT_IDS = "__input_ids"  # a pair's real token ids (list<int32>, unpadded): actors.features
+ROW_FEATURES = "__features"  # a pair's other processor outputs (pickled; null for text): actors.features
 # The scoring actor's time on a block, on the block's first row (0 on the others): see actors.reranker.
 ROW_COLLATE_S = "__collate_s"
 ROW_FORWARD_S = "__forward_s"
 ROW_WRITE_S = "__write_back_s"
 ROW_FORWARD_START = "__forward_start"  # wall clock (s since the epoch) of the block's first forward
 ROW_FORWARD_END = "__forward_end"  # ... and of the end of its last
+
+
+def media_payload_column(content_column: str) -> str:
+    """Internal column holding the decoded, in-memory form of a media reference column."""
+    return f"{INTERNAL}{content_column}"

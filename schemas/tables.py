@@ -56,6 +56,11 @@ class TooManyErrors(Exception):
         self.summary = summary
 
 
+class JobFailed(RuntimeError):
+    """A run that cannot complete for a reason the user can act on (e.g. a block that keeps killing its
+    actor): jobs print the one-line message and exit 1."""
+
+
 def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
 

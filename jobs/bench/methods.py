@@ -168,11 +168,11 @@ class TimedRerankWorker(RerankWorker):
         self._clock = ray.get_actor(CLOCK_NAME, namespace=CLOCK_NAMESPACE)
         ray.get(self._clock.record.remote("ready", started, time.time(), 0, 0.0, os.nice(0)))
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, **kwargs) -> pa.Table:
         import ray
 
         started, cpu = time.time(), time.process_time()
-        out = super().__call__(table)
+        out = super().__call__(table, **kwargs)
         ended, cpu = time.time(), time.process_time() - cpu
         ray.get(self._clock.record.remote("block", started, ended, table.num_rows, cpu, os.nice(0)))
         return out

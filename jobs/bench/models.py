@@ -26,21 +26,6 @@ MODEL_CONFIGS: dict[str, dict] = {
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
     ),
-    # A tiny random Llama: the forward costs little next to the CPU work around it (templates,
-    # tokenising, collating), as a 0.6B reranker's does on an H100. Used by --scale and --simulate-rates.
-    "tiny-llama": dict(
-        model_type="llama",
-        architectures=["LlamaForCausalLM"],
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        intermediate_size=128,
-        vocab_size=49152,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-    ),
 }
 
 # Dense (no sparsity) peak TFLOP/s by dtype for GPUs matched on torch.cuda.get_device_name(); datasheets.

@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from actors.fast_paths import apply_fast_paths
+from actors.model_spec import resolve_device_and_dtype
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder, resolve_device_and_dtype
+from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder
 from jobs.bench import methods as bm
 from jobs.bench import scale
 from jobs.bench.data import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ from pipelines import io, progress
 from pipelines.checkpoint import Checkpoint
 from pipelines.rerank import RerankConfig
 from pipelines.rerank_run import run_rerank
+from schemas.tables import JobFailed
 from tests.conftest import REPO
 from tests.pairs_data import WORDS, write_shards
 
@@ -59,11 +61,11 @@ def assert_complete_and_equal_to_predict(out: Path, table: pa.Table, model_dir: 
 
 
 class SlowWorker(RerankWorker):
-    """The real worker, slowed to ~0.3 s a block so a test can act while a run is in flight."""
+    """The real worker, slowed to ~0.5 s a block so a test can act while a run is in flight."""
 
-    def __call__(self, table):
-        time.sleep(0.3)
-        return super().__call__(table)
+    def __call__(self, table, **kwargs):
+        time.sleep(0.5)
+        return super().__call__(table, **kwargs)
 
 
 class NaNWorker(RerankWorker):
@@ -77,7 +79,7 @@ class NaNWorker(RerankWorker):
 
 def test_a_killed_scoring_actor_costs_nothing(ray_session, tmp_path, qwen3_causal, caplog):
     caplog.set_level(logging.INFO)
-    table = plain_pairs(6, 8)
+    table = plain_pairs(6, 16)
     pairs = write_shards(table, tmp_path / "pairs", shards=2)
     cfg = RerankConfig(
         pairs=str(pairs),
@@ -215,3 +217,48 @@ def test_non_finite_scores_all_failing_input_and_the_error_rate(ray_session, tmp
     assert (out / "manifest.json").exists() and (out / "ranked").is_dir()
     assert pq.read_table(out / "errors").num_rows == table.num_rows
     assert not list((out / "ranked").glob("*.parquet"))
+
+
+class PoisonWorker(RerankWorker):
+    """Adversarial double: its process dies (as in an out-of-memory kill) whenever it scores a set of rows
+    holding the candidate `poison`; every other pair is scored by the real worker."""
+
+    def _score_rows(self, table, rows, *args):
+        if "poison" in table.column("candidate_id").take(pa.array(rows)).to_pylist():
+            os._exit(1)
+        return super()._score_rows(table, rows, *args)
+
+
+def poison_pairs() -> pa.Table:
+    table = plain_pairs(n_queries=4, per_query=6)
+    rows = table.to_pylist()
+    rows[10]["candidate_id"] = "poison"
+    return pa.Table.from_pylist(rows)
+
+
+def test_a_pair_that_kills_its_actor_is_isolated_or_named(ray_session, tmp_path, qwen3_causal):
+    table = poison_pairs()
+    pairs = write_shards(table, tmp_path / "pairs", shards=1)
+    spec = RerankerSpec(model=str(qwen3_causal), max_length=64)
+    retries = PoolSpec(block_rows=8, max_restarts=8, max_task_retries=8)
+    cfg = RerankConfig(
+        pairs=str(pairs), output=str(tmp_path / "out"), reranker=spec, pool=retries, max_error_rate=0.1
+    )
+    manifest = run_rerank(cfg, worker_cls=PoisonWorker)
+    errors = pq.read_table(tmp_path / "out" / "errors").to_pylist()
+    assert [(e["candidate_id"], e["stage"]) for e in errors] == [("poison", "score")]
+    assert errors[0]["error"].startswith("killed its scoring actor on every attempt")
+    assert manifest["counts"]["scored"] == table.num_rows - 1
+    assert_complete_and_equal_to_predict(tmp_path / "out", table, qwen3_causal)
+
+    # Too few retries to isolate it: the job fails in one line naming the block's first pairs.
+    few = PoolSpec(block_rows=8, max_restarts=1, max_task_retries=1)
+    cfg = RerankConfig(pairs=str(pairs), output=str(tmp_path / "out2"), reranker=spec, pool=few)
+    try:
+        run_rerank(cfg, worker_cls=PoisonWorker)
+    except JobFailed as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("the run should have failed")
+    assert "\n" not in message and "kept killing their scoring actor" in message
+    assert re.search(r"8 pairs starting (q\d/\w+, ){4}q\d/\w+;", message) and "--max-task-retries" in message

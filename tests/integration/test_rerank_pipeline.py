@@ -9,12 +9,13 @@ import random
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 from sentence_transformers import CrossEncoder
 
 from actors.features import Featurizer
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
-from pipelines.rerank import RerankConfig
+from pipelines.rerank import PairsPlan, RerankConfig, score_pairs
 from pipelines.rerank_run import run_rerank
 from tests.pairs_data import adversarial_pairs, write_shards
 
@@ -48,7 +49,7 @@ def counting_worker(log_dir):
     return CountingWorker
 
 
-def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwen3_causal):
+def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwen3_causal, capsys):
     table = adversarial_pairs()
     pairs = write_shards(table, tmp_path / "pairs", shards=3)
     log_dir = tmp_path / "calls"
@@ -59,7 +60,14 @@ def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwe
         reranker=RerankerSpec(model=str(qwen3_causal), max_length=64, batch_tokens=300),
         pool=PoolSpec(block_rows=16),
     )
-    manifest = run_rerank(cfg, worker_cls=counting_worker(str(log_dir)))
+    worker = counting_worker(str(log_dir))
+    manifest = run_rerank(cfg, worker_cls=worker)
+    # Preprocessing runs in CPU tasks of its own, never fused into the scoring actors.
+    capsys.readouterr()
+    score_pairs(ray.data.from_items([{}]), cfg, PairsPlan(media=False), worker).explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(CountingWorker)]" in physical
+    assert "TaskPoolMapOperator[MapBatches(validate_pairs)->MapBatches(preprocess_block)]" in physical
 
     seen: dict = {}
     for log in log_dir.glob("*.jsonl"):

@@ -1,0 +1,136 @@
+"""Blocks whose scoring kills the actor (out of memory, a native crash): found, bisected, their killers
+turned into error rows.
+
+Before an actor scores a block it writes a marker (`<output>/_scored/.attempts/<block>.json`, the block
+named by a hash of its row keys) and removes it when the block is done. A marker found on arrival means an
+earlier attempt of this very block died with its actor (Ray restarts the actor and retries the block, within
+`--max-restarts` / `--max-task-retries`). Such a block is scored in parts, the marker saying which part is
+being tried and keeping the scores of the parts that finished: a part that dies again is halved on the next
+attempt, and a single pair that dies alone is a killer, written as an error row. A block of n pairs with
+one killer needs about log2(n) + 1 attempts; when the retries run out first, the job fails, and
+`describe_stuck` names the first pairs of each block left in quarantine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+
+import fsspec
+import numpy as np
+
+
+def _fs(uri: str):
+    return fsspec.core.url_to_fs(uri)
+
+
+def _exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.exists(path)
+
+
+def _read(uri: str) -> dict:
+    fs, path = _fs(uri)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def _write(uri: str, payload: dict) -> None:
+    """Temp file then rename: a reader never sees half a marker."""
+    fs, path = _fs(uri)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path + ".tmp", "w") as f:
+        json.dump(payload, f)
+    fs.mv(path + ".tmp", path)
+
+
+KILLED = "killed its scoring actor on every attempt (out of memory or a crash), isolated by bisection"
+
+
+class Quarantine:
+    """The marker of one block (`directory` None: no markers, no bisection)."""
+
+    def __init__(self, directory: str | None, keys: np.ndarray, ids: list[str]):
+        self.path = None
+        if directory is not None and len(keys):
+            name = hashlib.sha1(np.ascontiguousarray(keys, dtype=np.int64).tobytes()).hexdigest()[:24]
+            self.path = f"{directory.rstrip('/')}/{name}.json"
+        self.n = len(keys)
+        self.state = _read(self.path) if self.path and _exists(self.path) else None
+        self.ids = ids
+
+    @property
+    def suspect(self) -> bool:
+        """An earlier attempt of this block died."""
+        return self.state is not None
+
+    def start(self) -> None:
+        """Mark the block as being scored whole."""
+        if self.path:
+            _write(self.path, {"first_ids": self.ids[:5], "pairs": self.n, "trying": [0, self.n]})
+
+    def parts(self):
+        """For a suspect block: yield (lo, hi) position ranges to score, persisting before each which one
+        is tried; `done` scores restored from earlier attempts are in `self.done`, killers in `self.killers`."""
+        state = self.state
+        done = state.get("done", {})
+        suspects = [tuple(r) for r in state.get("suspects", [])]
+        killers = list(state.get("killers", []))
+        lo, hi = state["trying"]
+        if hi - lo == 1:
+            killers.append(lo)
+        else:
+            mid = (lo + hi) // 2
+            suspects = [(lo, mid), (mid, hi), *suspects]
+        self.done = {int(k): v for k, v in done.items()}
+        self.killers = killers
+        while suspects:
+            lo, hi = suspects.pop(0)
+            self._save(suspects, killers, [lo, hi])
+            yield lo, hi
+        self._save([], killers, None)
+
+    def record(self, positions: np.ndarray, scores: np.ndarray, errors: list) -> None:
+        """Keep the results of a finished part (written with the next marker)."""
+        for p, s, e in zip(positions, scores, errors, strict=True):
+            self.done[int(p)] = [None if not np.isfinite(s) else float(s), e]
+
+    def finish(self) -> None:
+        if self.path:
+            fs, path = _fs(self.path)
+            fs.rm(path)
+
+    def _save(self, suspects, killers, trying) -> None:
+        _write(
+            self.path,
+            {
+                "first_ids": self.ids[:5],
+                "pairs": self.n,
+                "trying": trying,
+                "suspects": [list(r) for r in suspects],
+                "killers": killers,
+                "done": self.done,
+            },
+        )
+
+
+def describe_stuck(directory: str) -> str | None:
+    """One line naming the blocks left in quarantine (their first pair ids), or None when there are none."""
+    fs, path = _fs(directory)
+    if not fs.exists(path):
+        return None
+    names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".json"))
+    if not names:
+        return None
+    markers = []
+    for name in names:
+        with fs.open(name, "r") as f:
+            markers.append(json.load(f))
+    first = markers[0]
+    return (
+        f"{len(markers)} block(s) kept killing their scoring actor and the retries ran out before the pairs "
+        f"that kill it were isolated; first block: {first['pairs']} pairs starting "
+        f"{', '.join(first['first_ids'])}; raise --max-task-retries and --max-restarts (about log2(block "
+        "rows) + 2) to isolate them, or remove those pairs"
+    )
