@@ -20,6 +20,8 @@ from actors.rows import failure_reason
 from schemas import columns as c
 
 TEXT_CHUNK_ROWS = 256  # text pairs preprocessed per call (the tokenizer batches them in Rust)
+# Per-call processor settings for text chunks: no padding, plain lists (see `Featurizer._text_rows`).
+UNPADDED = {"common": {"return_tensors": None}, "text": {"padding": False}}
 
 
 @dataclass
@@ -140,7 +142,7 @@ class Featurizer:
         for start in range(0, len(text), TEXT_CHUNK_ROWS):
             chunk = text[start : start + TEXT_CHUNK_ROWS]
             try:
-                rows = split_rows(self.model.preprocess([pairs[k] for k in chunk], prompt=self.prompt))
+                rows = self._text_rows([pairs[k] for k in chunk])
             except Exception:
                 rows = None  # one bad pair must not fail its chunk: go row by row
             if rows is None:
@@ -153,6 +155,31 @@ class Featurizer:
             if k not in text_set:
                 self._one(pairs, k, out, bad)
         return out, bad
+
+    def _text_rows(self, pairs: list) -> list[RowFeatures] | None:
+        """Text pairs through the model's own `preprocess`, asked (per call) for unpadded lists instead of
+        padded tensors: the same tokens, without padding rows only to strip it again, and without
+        transformers' list-to-tensor conversion, which costs more than tokenising itself."""
+        output = self.model.preprocess(pairs, prompt=self.prompt, processing_kwargs=UNPADDED)
+        ids = output.get("input_ids")
+        if ids is None or hasattr(ids, "shape"):  # a processor that ignored the request: tensors, padded
+            return split_rows(output)
+        const, seq = {}, {}
+        for key, value in output.items():
+            if key in ("input_ids", "attention_mask"):
+                continue
+            if isinstance(value, list) and len(value) == len(ids):
+                seq[key] = value
+            elif isinstance(value, list):
+                return None
+            else:
+                const[key] = value
+        rows = []
+        for i, row_ids in enumerate(ids):
+            row = RowFeatures(np.asarray(row_ids, dtype=np.int32), const=const)
+            row.seq = {key: np.asarray(value[i]) for key, value in seq.items()}
+            rows.append(row)
+        return rows
 
     def _one(self, pairs, k, out, bad) -> None:
         try:

@@ -3,7 +3,8 @@ same run id scores only the pairs no committed piece holds.
 
 Every input row carries a stable key, `__row_key` = file index << 40 | row in file (files in sorted
 order, which the run identity pins). A scored block is written to `<output>/_scored/.tmp-<id>.parquet`
-and renamed to `piece-<id>.parquet`: readers list only `piece-*` names, so a half-written piece is never
+and renamed to `piece-<id>.parquet` (`<id>`: a hash of the block's row keys, so a retried block replaces
+its piece): readers list only `piece-*` names, so a half-written piece is never
 read (on object stores the rename is a copy whose object appears whole). The pieces hold every column
 ranking and the errors table need. There is no "done" marker: scoring is complete when the committed keys
 cover the input, and the checkpoint is removed only after `manifest.json` is written.
@@ -11,6 +12,7 @@ cover the input, and the checkpoint is removed only after `manifest.json` is wri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import uuid
@@ -92,8 +94,9 @@ def commit_piece(
     if table.num_rows:
         fs, path = io.filesystem(directory)
         fs.makedirs(path, exist_ok=True)
-        name = uuid.uuid4().hex
-        tmp, final = f"{path}/.tmp-{name}.parquet", f"{path}/{PIECE_PREFIX}{name}.parquet"
+        name = piece_name(table)
+        tmp = f"{path}/.tmp-{name}-{uuid.uuid4().hex[:8]}.parquet"
+        final = f"{path}/{PIECE_PREFIX}{name}.parquet"
         if stats is not None:
             meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats(table)).encode()}
             table = table.replace_schema_metadata(meta)
@@ -101,6 +104,15 @@ def commit_piece(
             pq.write_table(table, f)
         fs.mv(tmp, final)
     return pa.table({"committed": [table.num_rows]})
+
+
+def piece_name(table: pa.Table) -> str:
+    """A block's piece name: a hash of its row keys, so a block scored twice (its actor died after the
+    commit, and Ray retried it) replaces its own piece instead of adding a second copy of its rows."""
+    if c.ROW_KEY not in table.column_names:
+        return uuid.uuid4().hex
+    keys = np.ascontiguousarray(table.column(c.ROW_KEY).to_numpy(), dtype=np.int64)
+    return hashlib.sha1(keys.tobytes()).hexdigest()[:32]
 
 
 def drop_committed(table: pa.Table, committed: np.ndarray) -> pa.Table:

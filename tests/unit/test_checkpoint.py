@@ -32,6 +32,7 @@ def test_pieces_commit_whole_and_resume_skips_exactly_their_rows(tmp_path):
     assert keys[0] == 1 << 40 and list(np.diff(keys)) == [1] * 5
     assert commit_piece(block(keys[:2]), ckpt.directory).column("committed").to_pylist() == [2]
     commit_piece(block(keys[4:5]), ckpt.directory)
+    commit_piece(block(keys[:2]), ckpt.directory)  # a retried block replaces its own piece
     commit_piece(block([]), ckpt.directory)  # an empty block commits nothing
     (tmp_path / "_scored" / ".tmp-deadbeef.parquet").write_bytes(b"PAR1 half written")  # a killed writer
     assert len(ckpt.pieces()) == 2
