@@ -4,7 +4,8 @@ the real model).
 
 - `to_hidden_state_chain`: Transformer(text-generation) + LogitScore becomes Transformer(feature-extraction)
   + Pooling(lasttoken) + Dense(w = lm_head[true] - lm_head[false]) over the *same* weights, in memory. It
-  skips the LM head, and with flash-attention on GPU the library runs its text batches unpadded.
+  skips the LM head (`CrossEncoder.predict` with flash-attention runs its text unpadded; the pipeline keeps
+  rows padded per length-sorted micro-batch, see `actors.features`).
 - `set_fp32_head`: the score head (the LM head, or the Dense) computes in fp32 under bf16/fp16 weights
   (sentence-transformers' `keep_in_fp32_modules`), so low precision does not quantise scores into ties.
 - `PrefixReuse`: the instruction + query tokens that open every pair of one query run once; the candidates'

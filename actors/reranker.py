@@ -49,7 +49,7 @@ class RerankerSpec(ModelSpec):
         "logit",
         help="exact speed-up. logit: Transformer(text-generation) + LogitScore, as saved; hidden: the same "
         "weights as Transformer(feature-extraction) + Pooling(lasttoken) + Dense(lm_head[true] - "
-        "lm_head[false]), which skips the LM head and, with flash_attention_2 on GPU, runs unpadded",
+        "lm_head[false]), which skips the LM head",
     )
     fp32_head: bool = setting(
         False,

@@ -71,9 +71,10 @@ class SlowWorker(RerankWorker):
 class NaNWorker(RerankWorker):
     """Adversarial double: the model returns NaN for pairs whose document mentions 'overflow'."""
 
-    def score_batch(self, pairs):
-        scores = np.asarray(super().score_batch(pairs), dtype=np.float32)
-        scores[[i for i, (_, doc) in enumerate(pairs) if "overflow" in doc]] = np.nan
+    def forward(self, features):
+        scores = np.asarray(super().forward(features), dtype=np.float32)
+        texts = self.model.tokenizer.batch_decode(features["input_ids"])
+        scores[[i for i, text in enumerate(texts) if "overflow" in text]] = np.nan
         return scores
 
 

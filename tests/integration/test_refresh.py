@@ -1,24 +1,35 @@
 """The nightly refresh on the shared local Ray: embeddings equal the library's, retrieval equals brute force,
 night two re-embeds only changed documents and takes unchanged pairs from the score cache, and a night
-killed in the middle leaves LATEST on the previous run and resumes without duplicating a row."""
+killed in the middle leaves LATEST on the previous run and resumes without duplicating a row. Small tables
+handled on the driver give the rows the cluster path gives; one weight byte changed in place empties the
+score cache for that reranker; an older night resumed after a newer one was published leaves LATEST."""
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sentence_transformers import SentenceTransformer
+import ray
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from actors.embedder import EmbedderSpec
+from actors.embedder import EmbedderSpec, EmbedWorker
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec
+from actors.reranker import RerankerSpec, RerankWorker
+from pipelines import io
+from pipelines.driver_io import clustered_by_query
+from pipelines.evaluate import evaluate_runs
 from pipelines.publish import read_latest
 from pipelines.refresh import RefreshConfig, run_refresh
+from pipelines.retrieve import retrieve
+from pipelines.run_info import resolved_dtype, value_key
+from pipelines.score_cache import ScoreCache
+from pipelines.validate_pairs import validate_pairs
 from tests.media_files import make_image
 
 VOCABULARY = (
@@ -102,11 +113,12 @@ def config(data, minilm, reranker, corpus: str, run_id: str, **kw) -> RefreshCon
     )
 
 
-class KilledWorker:
+class KilledWorker(RerankWorker):
     """Stands in for the reranker actor and dies while loading its model: the night fails after embedding
     and retrieval finished, in the middle of the rerank stage. (Failing at load rather than on a block: an
     actor whose task raised stays alive while the exception is referenced, holding a CPU of the shared
-    2-CPU test instance.)"""
+    2-CPU test instance.) Everything but the actor's construction is the real worker's, so the stages the
+    pipeline builds from the worker class (on the driver or in tasks) are unchanged."""
 
     def __init__(self, spec, torch_threads=None):
         raise RuntimeError("node lost in the middle of the night")
@@ -204,6 +216,7 @@ def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):
     }
     assert read_latest(cfg.output) == "night1"
     assert (run / "manifest.json").exists() and not (run / "_scored").exists()
+    assert manifest["candidates_clustered_by_query"] is True
     assert set(manifest["evaluation"]["mean"]) == {"retrieval", "reranked"}
     assert (run / "eval" / "metrics.json").exists()
 
@@ -211,7 +224,9 @@ def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):
 def test_killed_night_keeps_latest_then_resumes_incrementally(data, minilm, qwen3_causal, night1):
     _, first = night1
     root = Path(first["root"])
-    cfg = config(data, minilm, qwen3_causal, "corpus2", "night2")
+    # driver_rows=0: night two takes the cluster path of every stage that has a driver path (retrieval, the
+    # score-cache join and append), night one the driver path.
+    cfg = config(data, minilm, qwen3_causal, "corpus2", "night2", driver_rows=0)
     with pytest.raises(Exception, match="node lost"):
         run_refresh(cfg, rerank_worker_cls=KilledWorker)
     run = root / "runs" / "night2"
@@ -222,6 +237,7 @@ def test_killed_night_keeps_latest_then_resumes_incrementally(data, minilm, qwen
     manifest = run_refresh(cfg)
     assert read_latest(str(root)) == "night2"
     assert manifest["resumed_stages"] == ["embed_corpus", "embed_queries", "retrieve"]
+    assert manifest["candidates_clustered_by_query"] is True
     counts = manifest["counts"]
     assert (counts["docs_embedded"], counts["docs_reused"], counts["docs_failed"]) == (
         N_DOCS // 10,
@@ -349,3 +365,189 @@ def test_beir_directory_through_refresh_and_evaluate_equals_pytrec_eval(
         reference = _pytrec(qrels, scores, ks)
         _assert_matches(metrics["runs"][name], reference, ks)
         _assert_matches(nightly["runs"][name], reference, ks)
+
+
+# ------------------------------------------------------------------- small tables: driver == cluster
+
+
+def sorted_rows(rows: list[dict], *keys: str) -> list[dict]:
+    return sorted(rows, key=lambda r: tuple(r[k] for k in keys))
+
+
+def test_small_tables_on_the_driver_equal_the_cluster_path(ray_session, data, night1, tmp_path):
+    """Retrieval, the score-cache lookup and append, and evaluation give the same rows whether a small
+    table is handled in the driver (night one did) or as Ray Data jobs (`driver_rows=0`)."""
+    cfg, _ = night1
+    run = Path(cfg.output) / "runs" / "night1"
+    retrieval = {
+        "corpus_embeddings": str(run / "embeddings" / "corpus"),
+        "query_embeddings": str(run / "embeddings" / "queries"),
+        "corpus_files": io.list_parquet(str(data["corpus1"])),
+        "query_files": [str(data["tmp"] / "queries.parquet")],
+        "k": K,
+        "metric": "cosine",
+        "block_rows": 8,
+        "rows_per_partition": 32,
+        "corpus_rows": N_DOCS + 5,
+    }
+    candidates = {}
+    for path, driver_rows in (("cluster", 0), ("driver", 10**6)):
+        out = tmp_path / "candidates" / path
+        assert retrieve(output=str(out), driver_rows=driver_rows, **retrieval) == N_QUERIES
+        assert clustered_by_query(str(out))
+        candidates[path] = sorted_rows(read_dir(out), "query_id", "retrieval_rank")
+    assert len(list((tmp_path / "candidates" / "driver").glob("*.parquet"))) == 1
+    assert candidates["driver"] == candidates["cluster"]
+    assert candidates["driver"] == sorted_rows(read_dir(run / "candidates"), "query_id", "retrieval_rank")
+
+    # The score cache: night one's pairs all hit, with night one's scores, on either path.
+    pairs = pq.read_table(run / "candidates")
+    pairs = validate_pairs(pairs.append_column("__row_key", pa.array(np.arange(pairs.num_rows))))
+    identity = value_key(cfg.reranker, dtype=resolved_dtype(cfg.reranker, cfg.rerank_pool))
+    night1_scores = {(r["query_id"], r["candidate_id"]): r["score"] for r in read_dir(run / "ranked")}
+    for driver_rows in (0, 10**6):
+        cache = ScoreCache(
+            root=str(Path(cfg.output) / "score_cache"),
+            identity=identity,
+            run_id="probe",
+            pairs=pairs.num_rows,
+            rows_per_partition=32,
+            driver_rows=driver_rows,
+        )
+        looked_up = cache.stage(ray.data.from_arrow(pairs)).take_all()
+        assert len(looked_up) == pairs.num_rows
+        assert {(r["query_id"], r["candidate_id"]): r["__cached_score"] for r in looked_up} == night1_scores
+
+    # Appending: the same counts and the same shard (duplicates once, errors and cache hits left out).
+    scored = tmp_path / "_scored"
+    scored.mkdir()
+    pieces = [
+        {"__cache_key": ["a", "b", "c"], "score": [0.5, 0.25, None], "__cached_score": [None, 0.25, None]},
+        {"__cache_key": ["a", "d"], "score": [0.5, 0.75], "__cached_score": [None, None]},
+    ]
+    for i, piece in enumerate(pieces):
+        piece["__error"] = [None, None, "boom"][: len(piece["score"])]
+        table = pa.table(piece).cast(
+            pa.schema(
+                [
+                    ("__cache_key", pa.string()),
+                    ("score", pa.float32()),
+                    ("__cached_score", pa.float32()),
+                    ("__error", pa.string()),
+                ]
+            )
+        )
+        pq.write_table(table, scored / f"piece-{i}.parquet")
+    shards = {}
+    for path, driver_rows in (("cluster", 0), ("driver", 10**6)):
+        cache = ScoreCache(root=str(tmp_path / path), identity="f" * 32, run_id="n1", driver_rows=driver_rows)
+        assert cache.append(str(scored)) == {"cache_hits": 1, "scored": 3}
+        shards[path] = sorted_rows(read_dir(Path(cache.shard)), "cache_key")
+    assert shards["driver"] == shards["cluster"]
+    assert [(r["cache_key"], r["score"], r["scored_run"]) for r in shards["driver"]] == [
+        ("a", 0.5, "n1"),
+        ("d", 0.75, "n1"),
+    ]
+
+    # Evaluation: the same metrics (night one evaluated on the driver) and TREC run files.
+    runs = {"retrieval": f"{run}:candidates", "reranked": str(run)}
+    metrics = {}
+    for path, driver_rows in (("cluster", 0), ("driver", 10**6)):
+        out = tmp_path / "eval" / path
+        metrics[path] = evaluate_runs(
+            str(data["qrels"]), runs, str(out), ks=[1, 3, 5, 10], driver_rows=driver_rows
+        )
+        for name in runs:
+            lines = sorted((out / f"{name}.trec").read_text().splitlines())
+            assert lines == sorted((run / "eval" / f"{name}.trec").read_text().splitlines())
+    nightly = json.loads((run / "eval" / "metrics.json").read_text())
+    for name in runs:
+        for got in (metrics["driver"], nightly):
+            assert got["runs"][name]["mean"] == metrics["cluster"]["runs"][name]["mean"]
+            assert got["runs"][name]["per_query"] == metrics["cluster"]["runs"][name]["per_query"]
+    for got, want in zip(metrics["driver"]["comparisons"], metrics["cluster"]["comparisons"], strict=True):
+        for m, values in want["metrics"].items():
+            assert got["metrics"][m] == pytest.approx(values, nan_ok=True), m
+
+
+# ----------------------------------------------------------------------- issue 9: cache and LATEST
+
+
+def flip_weight_byte(model_dir: Path, tensor: str = "model.norm.weight") -> None:
+    """Retrain one weight in place: the exponent byte of the first float of `tensor` (a norm weight of 1.0
+    becomes 0.25), same file size, same path."""
+    path = model_dir / "model.safetensors"
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        assert header[tensor]["dtype"] == "F32"
+        at = 8 + size + header[tensor]["data_offsets"][0] + 3  # little-endian: byte 3 holds the exponent
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x01]))
+
+
+def test_score_cache_is_not_used_after_one_weight_byte_changes_in_place(
+    ray_session, data, minilm, qwen3_causal, night1, tmp_path
+):
+    model = tmp_path / "reranker"
+    shutil.copytree(qwen3_causal, model)
+    root = Path(night1[0].output)
+    first = run_refresh(config(data, minilm, model, "corpus1", "weights1"))
+    assert first["counts"]["scored"] == N_QUERIES * K
+
+    flip_weight_byte(model)
+    second = run_refresh(config(data, minilm, model, "corpus1", "weights2"))
+    counts = second["counts"]
+    assert (counts["cache_hits"], counts["scored"], counts["rerank_failed"]) == (0, N_QUERIES * K, 0)
+    assert (counts["docs_embedded"], counts["docs_reused"]) == (0, N_DOCS)  # embeddings are still reused
+    assert second["reranker"]["fingerprint"] != first["reranker"]["fingerprint"]
+
+    # Every score recomputed by the changed model, as CrossEncoder.predict computes it.
+    run = root / "runs" / "weights2"
+    texts = {
+        (r["query_id"], r["candidate_id"]): (r["query_text"], r["candidate_text"])
+        for r in read_dir(run / "candidates")
+    }
+    ranked = {(r["query_id"], r["candidate_id"]): r["score"] for r in read_dir(run / "ranked")}
+    keys = sorted(ranked)
+    want = CrossEncoder(str(model), max_length=64).predict([texts[k] for k in keys])
+    np.testing.assert_allclose([ranked[k] for k in keys], want, atol=1e-5, rtol=0)
+    before = {
+        (r["query_id"], r["candidate_id"]): r["score"]
+        for r in read_dir(root / "runs" / "weights1" / "ranked")
+    }
+    assert set(before) == set(ranked)
+    assert max(abs(before[k] - ranked[k]) for k in keys) > 1e-3, "the changed byte changes the scores"
+
+
+class KilledEmbedder(EmbedWorker):
+    """Stands in for the embedding actor and dies while loading its model: the night dies after it started."""
+
+    def __init__(self, spec, side=None, torch_threads=None):
+        raise RuntimeError("node lost before embedding")
+
+
+def test_older_night_resumed_after_a_newer_one_was_published_leaves_latest(
+    data, minilm, qwen3_causal, night1
+):
+    root = Path(night1[0].output)
+    older = config(data, minilm, qwen3_causal, "corpus1", "older")
+    with pytest.raises(Exception, match="node lost before embedding"):
+        run_refresh(older, embed_worker_cls=KilledEmbedder)
+    assert (root / "runs" / "older" / "_started.json").exists()
+
+    newer = run_refresh(config(data, minilm, qwen3_causal, "corpus1", "newer"))
+    assert newer["published"] is True and read_latest(str(root)) == "newer"
+
+    resumed = run_refresh(older)
+    assert read_latest(str(root)) == "newer", "LATEST only moves forward"
+    assert resumed["published"] is False
+    assert "LATEST stays at 'newer'" in resumed["not_published"]
+    assert "only moves forward" in resumed["not_published"]
+    on_disk = json.loads((root / "runs" / "older" / "manifest.json").read_text())
+    assert (on_disk["published"], on_disk["not_published"]) == (False, resumed["not_published"])
+    assert resumed["counts"]["ranked_rows"] == N_QUERIES * K, "its output is complete all the same"
+    again = run_refresh(older)  # already complete: still not published
+    assert again["resumed"] == "already complete" and read_latest(str(root)) == "newer"

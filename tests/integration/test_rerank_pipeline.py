@@ -64,7 +64,7 @@ def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwe
     manifest = run_rerank(cfg, worker_cls=worker)
     # Preprocessing runs in CPU tasks of its own, never fused into the scoring actors.
     capsys.readouterr()
-    score_pairs(ray.data.from_items([{}]), cfg, PairsPlan(media=False), worker).explain()
+    score_pairs(ray.data.from_items([{"query_id": "q"}]), cfg, PairsPlan(media=False), worker).explain()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(CountingWorker)]" in physical
     assert "TaskPoolMapOperator[MapBatches(validate_pairs)->MapBatches(preprocess_block)]" in physical
