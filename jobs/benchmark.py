@@ -41,7 +41,7 @@ def resolve_model(cfg: BenchConfig) -> str:
     if (cfg.scale or cfg.simulate_rates) and not cfg.model_config:
         from jobs.demo_assets.tiny_lm import build_tiny_reranker
 
-        return str(build_tiny_reranker(os.path.join(cfg.demo_dir, "models", "tiny-llama-reranker")))
+        return str(build_tiny_reranker(os.path.join(cfg.demo_dir, "models", "tiny-llama-h32-l1-reranker")))
     demo = build_demo(cfg.demo_dir).reranker
     config = cfg.model_config
     if not config:

@@ -17,7 +17,13 @@ CHATML_TEMPLATE = (
 
 
 def build_causal_lm(
-    out: Path, arch: str = "qwen3", seed: int = 0, template: str = CHATML_TEMPLATE, max_length: int = 512
+    out: Path,
+    arch: str = "qwen3",
+    seed: int = 0,
+    template: str = CHATML_TEMPLATE,
+    max_length: int = 512,
+    hidden_size: int = 64,
+    layers: int = 2,
 ) -> Path:
     """A plain Hugging Face causal-LM directory (no modules.json): CrossEncoder builds Transformer+LogitScore."""
     import torch
@@ -27,9 +33,9 @@ def build_causal_lm(
     tok.chat_template = template
     common = dict(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=max_length,
@@ -39,9 +45,9 @@ def build_causal_lm(
         bos_token_id=None,
     )
     if arch == "qwen3":
-        config = Qwen3Config(head_dim=16, architectures=["Qwen3ForCausalLM"], **common)
+        config = Qwen3Config(head_dim=hidden_size // 4, architectures=["Qwen3ForCausalLM"], **common)
     elif arch == "llama":
-        config = LlamaConfig(head_dim=16, architectures=["LlamaForCausalLM"], **common)
+        config = LlamaConfig(head_dim=hidden_size // 4, architectures=["LlamaForCausalLM"], **common)
     else:
         raise ValueError(f"unknown tiny arch {arch!r}; expected 'qwen3' or 'llama'")
     torch.manual_seed(seed)
@@ -80,10 +86,11 @@ def build_st_reranker(
     return out
 
 
-def build_tiny_reranker(out: Path, arch: str = "llama") -> Path:
+def build_tiny_reranker(out: Path, arch: str = "llama", hidden_size: int = 32, layers: int = 1) -> Path:
     """A saved CrossEncoder (Transformer(text-generation) + LogitScore('yes', 'no')) over a tiny random
-    `arch` causal LM; reused when already built under `out`."""
+    `arch` causal LM (by default 1 layer of width 32: a forward cheap next to the CPU work around it, the
+    regime of a 0.6B reranker on an H100); reused when already built under `out`."""
     out = Path(out)
     if not (out / "modules.json").exists():
-        build_st_reranker(build_causal_lm(out / "hf", arch=arch), out)
+        build_st_reranker(build_causal_lm(out / "hf", arch=arch, hidden_size=hidden_size, layers=layers), out)
     return out
