@@ -39,6 +39,18 @@ def summary(manifest: dict) -> str:
         f"{n['rerank_failed']} errors",
         f"throughput: {pairs_s:.1f} pairs/s" if pairs_s else "throughput: (no pair scored in this process)",
     ]
+    timings = dict(manifest.get("timings") or {})
+    total = timings.pop("total_s", None)
+    if timings:
+        score_s = ((manifest.get("rerank") or {}).get("timings") or {}).get("score_s")
+        order = [
+            f"{name}_s" for name in ("read_inputs", "embed", "retrieve", "rerank", "score_cache", "evaluate")
+        ]
+        parts = []
+        for key in sorted(timings, key=lambda k: order.index(k) if k in order else len(order)):
+            scoring = f" (scoring {score_s:.1f} s)" if key == "rerank_s" and score_s else ""
+            parts.append(f"{key.removesuffix('_s')} {timings[key]:.1f} s{scoring}")
+        lines.append(f"stage timings: {', '.join(parts)}" + (f"; total {total:.1f} s" if total else ""))
     if manifest.get("resumed_stages"):
         lines.append(f"resumed: {', '.join(manifest['resumed_stages'])} finished earlier")
     if manifest.get("evaluation"):

@@ -1,9 +1,11 @@
-"""Incremental embedding of a corpus (or of queries) into Parquet embedding shards.
+"""Incremental embedding of a corpus and its queries into Parquet embedding shards, in one execution.
 
-read ─► prepare (normalise, content hash, validate) ─► co-partition by id with the previous night's
-embeddings (reuse a row's embedding when id, content hash and model id+revision all match; mark duplicate
-ids) ─► resolve media (CPU, only when the input has media columns) ─► embed the rest (actor pool)
-─► write `id, content_hash, embedding_model, embedded_run, embedding, stage, error`.
+per side: read ─► prepare (normalise, content hash, validate) ─► co-partition by id with the previous
+night's embeddings (reuse a row's embedding when id, content hash and model id+revision all match; mark
+duplicate ids) ─► one block schema for both sides
+union of the sides ─► resolve media (CPU, only when an input has media values) ─► embed the rest (ONE actor
+pool: one model load serves documents and queries) ─► each task writes its block's rows
+`id, content_hash, embedding_model, embedded_run, embedding, stage, error` per side, and its error rows.
 
 Every night writes the whole table under its own run (reused rows copied): a run is self-contained, the
 previous night's files are only read, and deleting an old run never breaks a newer one.
@@ -11,23 +13,23 @@ previous night's files are only read, and deleting an old run never breaks a new
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from actors.embedder import PREFIX, EmbedderSpec, EmbedWorker, Side
+from actors.embedder import PREFIX, ROW_EMBED_SIDE, SIDES, EmbedderSpec, EmbedWorker, Side
 from actors.pool import PoolSpec
 from pipelines import io
 from pipelines.content_hash import content_hashes
+from pipelines.driver_io import read_files, read_table
+from pipelines.embed_output import ID, WRITTEN_SCHEMA, SideInput, finish_side, write_embedded
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
 from pipelines.run_info import resolved_dtype, value_key
 from schemas import columns as c
-from schemas.tables import ERRORS_SCHEMA, normalize_to
-
-ID = {"document": c.DOC_ID, "query": c.QUERY_ID}
+from schemas.tables import normalize_to
 
 
 def model_tag(spec: EmbedderSpec, pool: PoolSpec) -> str:
@@ -60,20 +62,6 @@ def previous_schema(side: Side, dim: int) -> pa.Schema:
     )
 
 
-def embeddings_schema(side: Side, dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field(ID[side], pa.string()),
-            pa.field(c.CONTENT_HASH, pa.string()),
-            pa.field(c.EMBEDDING_MODEL, pa.string()),
-            pa.field(c.EMBEDDED_RUN, pa.string()),
-            pa.field(c.EMBEDDING, pa.list_(pa.float32(), dim)),
-            pa.field(c.STAGE, pa.string()),
-            pa.field(c.ERROR, pa.string()),
-        ]
-    )
-
-
 # ----------------------------------------------------------------------------------------- stages
 
 
@@ -101,14 +89,18 @@ def prepare_rows(table: pa.Table, side: Side) -> pa.Table:
     )
 
 
-def attach_previous(rows: pa.Table, previous: pa.Table | None, side: Side) -> pa.Table:
+def attach_previous(
+    rows: pa.Table, previous: pa.Table | None, side: Side, duplicates: dict[str, int] | None = None
+) -> pa.Table:
     """One partition (all rows of its ids): duplicate ids become error rows (every copy: which one is
-    right is unknowable), then rows whose (id, content hash) match a previous embedding get it."""
+    right is unknowable), then rows whose (id, content hash) match a previous embedding get it.
+    `duplicates` ({id: copies} over the whole input, counted on the driver) lets any block stand in for
+    a partition."""
     id_col = ID[side]
     if previous is not None:
         rows = join_tables(rows, previous, [id_col, c.CONTENT_HASH])
     ids = rows.column(id_col).combine_chunks()
-    dup = {v["values"]: v["counts"] for v in pc.value_counts(ids.drop_null()).to_pylist() if v["counts"] > 1}
+    dup = duplicates if duplicates is not None else duplicate_ids(ids)
     if not dup:
         return rows
     errors = rows.column(c.ROW_ERROR).to_pylist()
@@ -121,6 +113,10 @@ def attach_previous(rows: pa.Table, previous: pa.Table | None, side: Side) -> pa
     return rows.append_column(c.ROW_ERROR, pa.array(errors, pa.string())).append_column(
         c.ROW_STAGE, pa.array(stages, pa.string())
     )
+
+
+def duplicate_ids(ids: pa.Array) -> dict[str, int]:
+    return {v["values"]: v["counts"] for v in pc.value_counts(ids.drop_null()).to_pylist() if v["counts"] > 1}
 
 
 def resolve_side_media(table: pa.Table, spec, side: Side) -> Iterator[pa.Table]:
@@ -140,27 +136,6 @@ def resolve_side_media(table: pa.Table, spec, side: Side) -> Iterator[pa.Table]:
         yield out.rename_columns([back.get(n, n) for n in out.column_names])
 
 
-def to_embedding_table(table: pa.Table, side: Side, tag: str, run_id: str) -> pa.Table:
-    error = table.column(c.ROW_ERROR)
-    ok = pc.is_null(error)
-    embedded_run = table.column(c.EMBEDDED_RUN) if c.EMBEDDED_RUN in table.column_names else None
-    if embedded_run is None or pa.types.is_null(embedded_run.type):
-        embedded_run = pa.nulls(table.num_rows, pa.string())
-    embedded_run = pc.if_else(ok, pc.coalesce(embedded_run, pa.scalar(run_id)), pa.scalar(None, pa.string()))
-    out = pa.table(
-        {
-            ID[side]: table.column(ID[side]),
-            c.CONTENT_HASH: table.column(c.CONTENT_HASH),
-            c.EMBEDDING_MODEL: pa.array([tag] * table.num_rows, pa.string()),
-            c.EMBEDDED_RUN: embedded_run,
-            c.EMBEDDING: table.column(c.EMBEDDING),
-            c.STAGE: table.column(c.ROW_STAGE),
-            c.ERROR: error,
-        }
-    )
-    return out.cast(embeddings_schema(side, table.column(c.EMBEDDING).type.list_size))
-
-
 def _reusable(table: pa.Table, side: Side, tag: str) -> pa.Table:
     keep = pc.and_(pc.equal(table.column(c.EMBEDDING_MODEL), tag), pc.is_null(table.column(c.ERROR)))
     return table.filter(keep).select([ID[side], c.CONTENT_HASH, c.EMBEDDING, c.EMBEDDED_RUN])
@@ -169,45 +144,49 @@ def _reusable(table: pa.Table, side: Side, tag: str) -> pa.Table:
 # ----------------------------------------------------------------------------------------- the stage
 
 
-def embed_side(
-    files: list[str],
+def unified_schema(dim: int | None) -> pa.Schema:
+    """The columns a block of either side carries into the shared media stage and actor pool: both sides'
+    id and content columns (the other side's null), hash, row error, the reused embedding when a previous
+    night has one (of width `dim`), and the row's side."""
+    fields = [
+        f
+        for side in SIDES
+        for f in input_schema(side)
+        if f.name not in (c.CONTENT_HASH, c.ROW_ERROR, c.ROW_STAGE)
+    ]
+    fields += [f for f in input_schema("document") if f.name in (c.CONTENT_HASH, c.ROW_ERROR, c.ROW_STAGE)]
+    if dim is not None:
+        fields += [f for f in previous_schema("document", dim) if f.name in (c.EMBEDDING, c.EMBEDDED_RUN)]
+    return pa.schema([*fields, pa.field(ROW_EMBED_SIDE, pa.string())])
+
+
+def embed_sides(
+    sides: Sequence[SideInput],
     *,
-    side: Side,
     spec: EmbedderSpec,
     pool: PoolSpec,
-    output: str,
     run_id: str,
-    rows: int,
     rows_per_partition: int,
-    previous: str | None = None,
+    driver_rows: int = 0,
     media=None,
     worker_cls=EmbedWorker,
-) -> None:
-    """Embed `files` (corpus or queries) into `output`, reusing `previous` embeddings where unchanged.
-    `rows` (the input row count, from Parquet metadata) sizes the shuffle; `media` (a MediaSpec) turns the
-    media stage on. Assumes `ray.init` was called."""
+) -> dict[Side, dict[str, int]]:
+    """Embed `sides` (corpus, queries or both) in ONE Ray Data execution: one actor pool, one model load per
+    actor, blocks of both sides through the same media stage and actors, each side embedded as
+    `encode_document` / `encode_query` would. Each block's rows are written by the task that holds them
+    (embeddings and error rows, one file each per side), and the counts come back with the file names, so
+    nothing is read back. Returns per side {"rows", "embedded", "reused", "failed"}. `media` (a MediaSpec)
+    turns the media stage on; a side of at most `driver_rows` rows skips the shuffle (`_side_rows`).
+    Assumes `ray.init` was called."""
     tag = model_tag(spec, pool)
-    right, right_schema = None, None
-    if previous is not None:
-        right_schema = previous_schema(side, _previous_dimension(previous))
-        right = ray.data.read_parquet(io.list_parquet(previous), filesystem=io.pyarrow_filesystem(previous))
-        right = right.map_batches(_reusable, fn_kwargs={"side": side, "tag": tag}, batch_format="pyarrow")
-    ds = ray.data.read_parquet(files, filesystem=io.pyarrow_filesystem(files[0]))
-    ds = ds.map_batches(prepare_rows, fn_kwargs={"side": side}, batch_format="pyarrow")
-    ds = co_partition(
-        ds,
-        right,
-        key=[ID[side]],
-        num_partitions=partitions_for(rows, rows_per_partition),
-        fn=attach_previous,
-        left_schema=input_schema(side),
-        right_schema=right_schema,
-        fn_kwargs={"side": side},
-    )
+    dim = next((_previous_dimension(s.previous) for s in sides if s.previous is not None), None)
+    schema = unified_schema(dim)
+    parts = [_side_rows(s, tag, schema, dim, rows_per_partition, driver_rows) for s in sides]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if media is not None:
         ds = ds.map_batches(
             resolve_side_media,
-            fn_kwargs={"spec": media, "side": side},
+            fn_kwargs={"spec": media, "side": "document"},  # query_* and doc_* columns in one pass
             batch_size=pool.block_rows,
             batch_format="pyarrow",
             num_cpus=1,
@@ -216,16 +195,74 @@ def embed_side(
         )
     ds = ds.map_batches(
         worker_cls,
-        fn_constructor_kwargs={"spec": spec, "side": side, "torch_threads": pool.torch_threads},
+        fn_constructor_kwargs={"spec": spec, "side": None, "torch_threads": pool.torch_threads},
         batch_format="pyarrow",
         udf_modifying_row_count=False,
         **pool.actor_options(),
     )
+    targets = {s.side: (s.output, s.errors) for s in sides}
     ds = ds.map_batches(
-        to_embedding_table, fn_kwargs={"side": side, "tag": tag, "run_id": run_id}, batch_format="pyarrow"
+        write_embedded,
+        fn_kwargs={"targets": targets, "tag": tag, "run_id": run_id},
+        batch_format="pyarrow",
+        batch_size=None,
     )
-    io.remove(output)
-    ds.write_parquet(output, filesystem=io.pyarrow_filesystem(output))
+    for s in sides:
+        io.remove(s.output)
+        io.remove(s.errors)
+    blocks = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+    written = pa.concat_tables(blocks) if blocks else WRITTEN_SCHEMA.empty_table()
+    return {s.side: finish_side(s, written.filter(pc.equal(written.column("side"), s.side))) for s in sides}
+
+
+def _side_rows(
+    s: SideInput, tag: str, schema: pa.Schema, dim: int | None, rows_per_partition: int, driver_rows: int
+):
+    """read ─► prepare ─► co-partition by id with the previous night's reusable embeddings (duplicate ids
+    marked) ─► the unified block schema. A side whose input and previous embeddings are at most
+    `driver_rows` rows each needs no shuffle: its duplicate ids are counted and the previous embeddings
+    read on the driver, and every block is joined against them."""
+    ds = ray.data.read_parquet(s.files, filesystem=io.pyarrow_filesystem(s.files[0]))
+    ds = ds.map_batches(prepare_rows, fn_kwargs={"side": s.side}, batch_format="pyarrow")
+    previous_rows = io.count_rows(io.list_parquet(s.previous)) if s.previous is not None else 0
+    if max(s.rows, previous_rows) <= driver_rows:
+        ids = pc.cast(read_files(s.files, [ID[s.side]]).column(ID[s.side]), pa.string()).combine_chunks()
+        previous = None
+        if s.previous is not None:
+            previous = normalize_to(
+                _reusable(read_table(s.previous), s.side, tag), previous_schema(s.side, dim)
+            )
+        known = ray.put((duplicate_ids(ids), previous))
+        ds = ds.map_batches(_attach_known, fn_kwargs={"known": known, "side": s.side}, batch_format="pyarrow")
+        return ds.map_batches(_unify, fn_kwargs={"side": s.side, "schema": schema}, batch_format="pyarrow")
+    right, right_schema = None, None
+    if s.previous is not None:
+        right_schema = previous_schema(s.side, dim)
+        right = ray.data.read_parquet(
+            io.list_parquet(s.previous), filesystem=io.pyarrow_filesystem(s.previous)
+        )
+        right = right.map_batches(_reusable, fn_kwargs={"side": s.side, "tag": tag}, batch_format="pyarrow")
+    ds = co_partition(
+        ds,
+        right,
+        key=[ID[s.side]],
+        num_partitions=partitions_for(s.rows, rows_per_partition),
+        fn=attach_previous,
+        left_schema=input_schema(s.side),
+        right_schema=right_schema,
+        fn_kwargs={"side": s.side},
+    )
+    return ds.map_batches(_unify, fn_kwargs={"side": s.side, "schema": schema}, batch_format="pyarrow")
+
+
+def _attach_known(rows: pa.Table, known, side: Side) -> pa.Table:
+    duplicates, previous = ray.get(known) if isinstance(known, ray.ObjectRef) else known
+    return attach_previous(rows, previous, side, duplicates)
+
+
+def _unify(table: pa.Table, side: Side, schema: pa.Schema) -> pa.Table:
+    tagged = table.append_column(ROW_EMBED_SIDE, pa.array([side] * table.num_rows, pa.string()))
+    return normalize_to(tagged, schema)
 
 
 def _previous_dimension(previous: str) -> int:
@@ -236,51 +273,3 @@ def _previous_dimension(previous: str) -> int:
             f"{previous}: column {c.EMBEDDING!r} has type {field.type}, expected a fixed-size list"
         )
     return field.type.list_size
-
-
-def counts(output: str, side: Side, run_id: str) -> dict[str, int]:
-    """Rows, embedded this run, reused from an earlier run, failed: from the written table's small columns."""
-    ds = ray.data.read_parquet(output, filesystem=io.pyarrow_filesystem(output))
-    stats = ds.select_columns([c.EMBEDDED_RUN, c.ERROR]).map_batches(
-        _block_counts, fn_kwargs={"run_id": run_id}, batch_format="pyarrow", batch_size=None
-    )
-    total = stats.sum(["rows", "embedded", "failed"])
-    rows, embedded, failed = (int(total[f"sum({k})"] or 0) for k in ("rows", "embedded", "failed"))
-    return {"rows": rows, "embedded": embedded, "reused": rows - embedded - failed, "failed": failed}
-
-
-def _block_counts(table: pa.Table, run_id: str) -> pa.Table:
-    ok = pc.is_null(table.column(c.ERROR))
-    this_run = pc.and_(ok, pc.equal(table.column(c.EMBEDDED_RUN), run_id))
-    return pa.table(
-        {
-            "rows": [table.num_rows],
-            "embedded": [pc.sum(pc.cast(this_run, pa.int64())).as_py() or 0],
-            "failed": [table.num_rows - (pc.sum(pc.cast(ok, pa.int64())).as_py() or 0)],
-        }
-    )
-
-
-def write_errors(output: str, side: Side, errors_dir: str) -> None:
-    """The rows that could not be embedded, as an errors table (`candidate_id` = doc id for documents)."""
-    io.remove(errors_dir)
-    ds = ray.data.read_parquet(output, filesystem=io.pyarrow_filesystem(output))
-    ds = ds.select_columns([ID[side], c.STAGE, c.ERROR]).map_batches(
-        _errors_block, fn_kwargs={"side": side}, batch_format="pyarrow"
-    )
-    ds.write_parquet(errors_dir, filesystem=io.pyarrow_filesystem(errors_dir))
-
-
-def _errors_block(table: pa.Table, side: Side) -> pa.Table:
-    bad = table.filter(pc.is_valid(table.column(c.ERROR)))
-    ids = bad.column(ID[side])
-    none = pa.nulls(bad.num_rows, pa.string())
-    return pa.table(
-        {
-            c.QUERY_ID: ids if side == "query" else none,
-            c.CANDIDATE_ID: none if side == "query" else ids,
-            c.STAGE: bad.column(c.STAGE),
-            c.ERROR: bad.column(c.ERROR),
-        },
-        schema=ERRORS_SCHEMA,
-    )

@@ -5,6 +5,8 @@ Stages: resolve each run (driver, schema only) ─► read_parquet per run, tagg
 broadcast once through the object store ─► stream the per-query rows to the driver (one small row per run
 and query; the TREC lines go straight to ``<name>.trec``) ─► means, paired comparisons against the first
 run ─► report.md, metrics.png, and metrics.json last (its presence means the evaluation is complete).
+Runs of few rows in all (`driver_rows`) skip the cluster round trip: the same per-query function
+(`pipelines.evaluate_query`) runs over the same groups in the driver.
 
 A run is addressed as ``DIR`` or ``DIR:ranked`` / ``DIR:candidates``:
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 
 from pipelines import evaluate_report as report
@@ -43,14 +45,16 @@ from pipelines.eval_runs import (
     RunSource,
     resolve_run,
 )
-from pipelines.metrics import (
-    RELEVANCE_LEVEL,
-    metric_names,
-    paired_t_test,
-    query_metrics,
-    randomization_p_values,
-    trec_order,
+from pipelines.evaluate_query import (
+    JUDGED,
+    RUN,
+    TREC_BAD_ID,
+    TREC_LINES,
+    evaluate_query_group,
+    per_query_on_driver,
+    tag_run,
 )
+from pipelines.metrics import RELEVANCE_LEVEL, metric_names, paired_t_test, randomization_p_values
 from schemas.columns import CANDIDATE_ID, QUERY_ID
 from schemas.qrels import Qrels, qrels_stats, read_qrels, resolve_filesystem
 
@@ -58,12 +62,6 @@ DEFAULT_KS = (1, 3, 5, 10, 100)
 METRICS_FILE = "metrics.json"
 SHUFFLE_PARTITION_BYTES = 64 * 1024 * 1024  # of input Parquet per groupby partition
 MAX_SHUFFLE_PARTITIONS = 200
-_WHITESPACE = re.compile(r"\s")
-_RUN = "__run"
-_SCORE = "__score"
-_TREC_LINES = "__trec_lines"
-_TREC_BAD_ID = "__trec_bad_id"
-_JUDGED = "__judged"
 
 
 @dataclass(frozen=True)
@@ -102,14 +100,19 @@ def prepare_evaluation(
 
 
 def evaluate_runs(
-    qrels_path: str, runs: dict[str, str], output: str, ks: list[int] | tuple[int, ...] = DEFAULT_KS
+    qrels_path: str,
+    runs: dict[str, str],
+    output: str,
+    ks: list[int] | tuple[int, ...] = DEFAULT_KS,
+    driver_rows: int = 0,
 ) -> dict:
     """Evaluate `runs` (name -> DIR[:kind], the first is the baseline) against the qrels at `qrels_path`.
 
     Writes metrics.json, report.md, metrics.png and ``<name>.trec`` per run under `output` (local or
-    s3://) and returns the metrics.json content. Ray must already be initialised.
+    s3://) and returns the metrics.json content. Ray must already be initialised. Runs of at most
+    `driver_rows` rows in all are evaluated in this process (the same per-query function, no shuffle).
     """
-    return run_evaluation(prepare_evaluation(qrels_path, runs, ks), output)
+    return run_evaluation(prepare_evaluation(qrels_path, runs, ks), output, driver_rows)
 
 
 def check_output(output: str) -> tuple[pafs.FileSystem, str]:
@@ -120,14 +123,15 @@ def check_output(output: str) -> tuple[pafs.FileSystem, str]:
     return fs, out_root
 
 
-def run_evaluation(plan: EvaluationPlan, output: str) -> dict:
-    """Run a validated plan on the cluster and write every output; metrics.json is written last."""
+def run_evaluation(plan: EvaluationPlan, output: str, driver_rows: int = 0) -> dict:
+    """Run a validated plan on the cluster (on the driver when its runs hold at most `driver_rows` rows)
+    and write every output; metrics.json is written last."""
     fs, out_root = check_output(output)
     fs.create_dir(out_root, recursive=True)
     stale = f"{out_root}/{METRICS_FILE}"
     if fs.get_file_info(stale).type == pafs.FileType.File:
         fs.delete_file(stale)  # an old metrics.json must not vouch for outputs this run may not finish
-    results = _evaluate(plan, fs, out_root)
+    results = _evaluate(plan, fs, out_root, driver_rows)
     metrics = _metrics_document(plan, results)
     _write_bytes(fs, f"{out_root}/{report.REPORT_FILE}", report.render_markdown(metrics).encode())
     _write_bytes(fs, f"{out_root}/{report.PLOT_FILE}", report.render_plot(metrics))
@@ -140,9 +144,14 @@ def format_summary(metrics: dict) -> str:
     return report.render_summary(metrics)
 
 
-def _evaluate(plan: EvaluationPlan, fs: pafs.FileSystem, out_root: str) -> list[RunResult]:
-    """All runs in one Ray Data execution; the driver streams back one small row per (run, query)."""
-    per_query = _per_query_dataset(plan.runs, ray.put(plan.qrels), plan.ks)
+def _evaluate(plan: EvaluationPlan, fs: pafs.FileSystem, out_root: str, driver_rows: int) -> list[RunResult]:
+    """All runs in one Ray Data execution; the driver streams back one small row per (run, query). Runs
+    of at most `driver_rows` rows in all: the same rows, computed here."""
+    if _run_rows(plan.runs) <= driver_rows:
+        per_query = per_query_on_driver(plan.runs, plan.qrels, plan.ks)
+    else:
+        dataset = _per_query_dataset(plan.runs, ray.put(plan.qrels), plan.ks)
+        per_query = dataset.iter_batches(batch_format="pyarrow", batch_size=None)
     results = {
         s.name: _Collector(s, metric_names(plan.ks), fs, f"{out_root}/{s.name}.trec") for s in plan.runs
     }
@@ -150,9 +159,9 @@ def _evaluate(plan: EvaluationPlan, fs: pafs.FileSystem, out_root: str) -> list[
         with contextlib.ExitStack() as stack:
             for collector in results.values():
                 collector.stream = stack.enter_context(fs.open_output_stream(collector.trec_path))
-            for batch in per_query.iter_batches(batch_format="pyarrow", batch_size=None):
-                for name in pc.unique(batch[_RUN]).to_pylist():
-                    results[name].add(batch.filter(pc.equal(batch[_RUN], name)))
+            for batch in per_query:
+                for name in pc.unique(batch[RUN]).to_pylist():
+                    results[name].add(batch.filter(pc.equal(batch[RUN], name)))
     except BaseException as exc:
         for collector in results.values():
             if fs.get_file_info(collector.trec_path).type == pafs.FileType.File:
@@ -164,6 +173,11 @@ def _evaluate(plan: EvaluationPlan, fs: pafs.FileSystem, out_root: str) -> list[
     return [collector.finish(plan.qrels) for collector in results.values()]
 
 
+def _run_rows(sources: tuple[RunSource, ...]) -> int:
+    """Rows of every run, from the Parquet footers."""
+    return sum(pq.read_metadata(f, filesystem=s.filesystem).num_rows for s in sources for f in s.files)
+
+
 def _per_query_dataset(
     sources: tuple[RunSource, ...], qrels_ref: ray.ObjectRef, ks: tuple[int, ...]
 ) -> ray.data.Dataset:
@@ -172,7 +186,7 @@ def _per_query_dataset(
         ray.data.read_parquet(
             list(s.files), filesystem=s.filesystem, columns=[QUERY_ID, CANDIDATE_ID, s.score_column]
         ).map_batches(
-            _tag_run, batch_format="pyarrow", fn_kwargs={"run_name": s.name, "score_column": s.score_column}
+            tag_run, batch_format="pyarrow", fn_kwargs={"run_name": s.name, "score_column": s.score_column}
         )
         for s in sources
     ]
@@ -180,7 +194,7 @@ def _per_query_dataset(
     # Size the hash shuffle to the data: Ray's default of 200 partitions makes small runs crawl.
     num_bytes = sum(s.num_bytes for s in sources)
     partitions = min(MAX_SHUFFLE_PARTITIONS, max(1, math.ceil(num_bytes / SHUFFLE_PARTITION_BYTES)))
-    return ds.groupby([_RUN, QUERY_ID], num_partitions=partitions).map_groups(
+    return ds.groupby([RUN, QUERY_ID], num_partitions=partitions).map_groups(
         evaluate_query_group,
         batch_format="pyarrow",
         fn_kwargs={
@@ -203,12 +217,12 @@ class _Collector:
         self.trec_error: str | None = None
 
     def add(self, rows: pa.Table) -> None:
-        bad = rows[_TREC_BAD_ID].drop_null()
+        bad = rows[TREC_BAD_ID].drop_null()
         if self.trec_error is None and len(bad):
             self.trec_error = f"id {bad[0].as_py()!r} contains whitespace, which a TREC run file cannot hold"
         if self.trec_error is None:
-            self.stream.write("".join(rows[_TREC_LINES].to_pylist()).encode())
-        judged = rows.filter(rows[_JUDGED])
+            self.stream.write("".join(rows[TREC_LINES].to_pylist()).encode())
+        judged = rows.filter(rows[JUDGED])
         self.not_in_qrels += rows.num_rows - judged.num_rows
         self.query_ids.extend(judged[QUERY_ID].to_pylist())
         for m in self.names:
@@ -300,71 +314,3 @@ def _compare(baseline: RunResult, run: RunResult, names: list[str]) -> dict[str,
 def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     with fs.open_output_stream(path) as stream:
         stream.write(data)
-
-
-# ---------------------------------------------------------------------------------------------- worker
-
-
-def _tag_run(batch: pa.Table, *, run_name: str, score_column: str) -> pa.Table:
-    """Normalise one run's rows to a shared schema (string ids, float64 score) tagged with the run, so
-    that every run goes through a single shuffle."""
-    return pa.table(
-        {
-            _RUN: pa.array([run_name] * batch.num_rows, pa.string()),
-            QUERY_ID: pc.cast(batch[QUERY_ID], pa.string()),
-            CANDIDATE_ID: pc.cast(batch[CANDIDATE_ID], pa.string()),
-            _SCORE: pc.cast(batch[score_column], pa.float64()),
-        }
-    )
-
-
-_QRELS_CACHE: dict[str, Qrels] = {}
-
-
-def _cached_qrels(ref: ray.ObjectRef) -> Qrels:
-    # One deserialisation per worker process, not one per query group.
-    key = ref.hex()
-    if key not in _QRELS_CACHE:
-        _QRELS_CACHE.clear()
-        _QRELS_CACHE[key] = ray.get(ref)
-    return _QRELS_CACHE[key]
-
-
-def evaluate_query_group(
-    group: pa.Table, *, qrels_ref: ray.ObjectRef, ks: list[int], score_columns: dict[str, str]
-) -> pa.Table:
-    """map_groups UDF: all candidates of one (run, query) in, one row of metrics and TREC run lines out.
-
-    `score_columns` maps each run to the column its scores came from, for error messages."""
-    run_name, qid = group[_RUN][0].as_py(), group[QUERY_ID][0].as_py()
-    score_name = score_columns[run_name]
-    where = f"run {run_name!r} query {qid!r}"
-    if qid is None or group[CANDIDATE_ID].null_count or group[_SCORE].null_count:
-        raise RunInputError(f"{where}: null {QUERY_ID}, {CANDIDATE_ID} or {score_name}; drop those rows")
-    docs = group[CANDIDATE_ID].to_pylist()
-    scores = group[_SCORE].to_numpy()
-    if np.isnan(scores).any():
-        raise RunInputError(f"{where}: {score_name} is NaN for some candidates; they cannot be ordered")
-    if len(set(docs)) != len(docs):
-        dup = next(d for d in docs if docs.count(d) > 1)
-        raise RunInputError(f"{where}: candidate {dup!r} appears more than once; keep one row per pair")
-    judgements = _cached_qrels(qrels_ref).get(qid)
-    values = query_metrics(docs, scores, judgements, ks) if judgements is not None else {}
-    bad = next((s for s in [qid, *docs] if _WHITESPACE.search(s)), None)
-    row: dict[str, pa.Array] = {
-        _RUN: pa.array([run_name], pa.string()),
-        QUERY_ID: pa.array([qid], pa.string()),
-        _JUDGED: pa.array([judgements is not None]),
-        **{m: pa.array([values.get(m)], pa.float64()) for m in metric_names(ks)},
-        _TREC_BAD_ID: pa.array([bad], pa.string()),
-        _TREC_LINES: pa.array([None if bad else _trec_lines(qid, docs, scores, run_name)], pa.large_string()),
-    }
-    return pa.table(row)
-
-
-def _trec_lines(qid: str, docs: list[str], scores: np.ndarray, tag: str) -> str:
-    order = trec_order(docs, scores)
-    # repr() of the float64 value round-trips, so trec_eval reads back exactly the scores (and ties) we used.
-    return "".join(
-        f"{qid} Q0 {docs[i]} {rank} {float(scores[i])!r} {tag}\n" for rank, i in enumerate(order, start=1)
-    )

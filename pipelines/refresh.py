@@ -1,7 +1,13 @@
 """The nightly refresh: retrieve with a bi-encoder, rerank with a CrossEncoder, publish the run.
 
-embed corpus (incremental) ─► embed queries ─► exact top-k retrieval ─► candidates/ ─► rerank (cached
-scores skipped) ─► append new scores to the cache ─► evaluate (with qrels) ─► manifest.json ─► LATEST
+embed corpus (incremental) and queries (one execution, one actor pool) ─► exact top-k retrieval
+─► candidates/ (query-clustered) ─► rerank (cached scores skipped) ─► append new scores to the cache
+─► evaluate (with qrels) ─► manifest.json ─► LATEST
+
+Tables of at most `--driver-rows` rows (the corpus for retrieval, the score-cache lookup and append, the
+evaluated runs) are handled in the driver process rather than as Ray Data executions, whose fixed start-up
+costs more than such a table's work (`pipelines.driver_io`); bigger inputs take the cluster path, and both
+give the same rows.
 
 Each stage records its result under `runs/<run_id>/_stages/`; re-running a run id skips finished stages
 and redoes the unfinished one from scratch, so no row is ever written twice. LATEST moves only after the
@@ -16,12 +22,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from actors.embedder import EmbedderSpec, EmbedWorker, Side
+from actors.embedder import PREFIX, EmbedderSpec, EmbedWorker, Side
 from actors.media_loader import MediaSpec
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import embed, io, progress
 from pipelines.checkpoint import Checkpoint
+from pipelines.driver_io import DRIVER_ROWS, clustered_by_query
 from pipelines.model_access import check_remote_code, warn_remote_code
 from pipelines.publish import (
     RunLayout,
@@ -34,16 +41,18 @@ from pipelines.publish import (
 )
 from pipelines.readers import FileFormat
 from pipelines.refresh_inputs import Inputs, check_inputs, check_settings, qrels_path, stage_inputs
+from pipelines.refresh_manifest import night_manifest
 from pipelines.rerank import Mode, RerankConfig, check_run_id, media_columns_with_values
 from pipelines.rerank_run import run_rerank
 from pipelines.retrieve import METRICS, Metric, retrieve
-from pipelines.run_info import library_versions, model_fingerprint, resolved_dtype, value_key
+from pipelines.run_info import resolved_dtype, value_key
 from pipelines.score_cache import ScoreCache
 from schemas import columns as c
 from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
 from schemas.tables import InputError
 
 RERANK_MANIFEST = "_rerank_manifest.json"
+EMBED_STAGES: dict[str, Side] = {"embed_corpus": "document", "embed_queries": "query"}
 EVAL_KS = [1, 3, 5, 10]
 
 
@@ -109,6 +118,11 @@ class RefreshConfig:
         "runs/<run_id>/eval/",
     )
     rows_per_partition: int = setting(50000, help="rows per shuffle partition of the joins and merges")
+    driver_rows: int = setting(
+        DRIVER_ROWS,
+        help="inputs of at most this many rows (corpus for retrieval, score-cache lookup and append, evaluated "
+        "runs) are handled in the driver, not as Ray Data jobs; the same results. 0: always on the cluster",
+    )
     mode: Mode | None = setting(
         None,
         help="when ROOT already holds this --run-id: error (refuse), overwrite (redo it from scratch), resume "
@@ -121,7 +135,7 @@ class RefreshConfig:
 
     def validate(self) -> RefreshConfig:
         at_least(self, 1, "retrieve_k", "retrieve_block_rows", "rows_per_partition", "top_k")
-        at_least(self, 0, "max_error_rate")
+        at_least(self, 0, "max_error_rate", "driver_rows")
         one_of(self, "metric", METRICS)
         check_run_id(self.run_id)
         check_settings(self)
@@ -148,8 +162,9 @@ class RefreshConfig:
         )
 
     def key(self) -> str:
-        """What a resumed run must share with the run it resumes: everything but the run id."""
-        payload = {k: v for k, v in asdict(self).items() if k not in ("run_id", "mode")}
+        """What a resumed run must share with the run it resumes: everything but the run id and the
+        settings that change no row (where small tables are handled)."""
+        payload = {k: v for k, v in asdict(self).items() if k not in ("run_id", "mode", "driver_rows")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -191,17 +206,25 @@ class _Night:
         self.resumed: list[str] = []
 
     def stage(self, name: str, fn):
-        result = finished(self.layout, name, self.key)
-        if result is not None:
+        return self.stages((name,), name, lambda _todo: {name: fn()})[name]
+
+    def stages(self, names: tuple[str, ...], label: str, fn) -> dict[str, dict]:
+        """Stages run together (one execution): those an earlier attempt finished are skipped, `fn(todo)`
+        runs the others and returns their results by name; each is recorded as its own stage."""
+        results = {n: r for n in names if (r := finished(self.layout, n, self.key)) is not None}
+        for name in results:
             self.resumed.append(name)
             progress.logger.info("stage %s: finished by an earlier attempt of %s", name, self.layout.run_id)
-            return result
-        t0 = time.perf_counter()
-        with progress.stage(name):
-            result = fn()
-        self.timings[f"{name}_s"] = round(time.perf_counter() - t0, 3)
-        mark_finished(self.layout, name, self.key, result)
-        return result
+        todo = [name for name in names if name not in results]
+        if todo:
+            t0 = time.perf_counter()
+            with progress.stage(label, ", ".join(todo) if len(names) > 1 else ""):
+                fresh = fn(todo)
+            self.timings[f"{label}_s"] = round(time.perf_counter() - t0, 3)
+            for name in todo:
+                mark_finished(self.layout, name, self.key, fresh[name])
+            results |= fresh
+        return results
 
     def run(self, embed_worker_cls, rerank_worker_cls) -> dict:
         started = time.perf_counter()
@@ -211,8 +234,8 @@ class _Night:
             self.inputs = Inputs(
                 **self.stage("read_inputs", lambda: stage_inputs(self.inputs, layout.run_dir))
             )
-        docs = self.stage("embed_corpus", lambda: self.embed("document", embed_worker_cls))
-        queries = self.stage("embed_queries", lambda: self.embed("query", embed_worker_cls))
+        embedded = self.stages(tuple(EMBED_STAGES), "embed", lambda todo: self.embed(todo, embed_worker_cls))
+        docs, queries = embedded["embed_corpus"], embedded["embed_queries"]
         if docs["rows"] == docs["failed"]:
             raise InputError(f"no document could be embedded (see {layout.embed_errors('document')})")
         retrieval = self.stage("retrieve", self.retrieve)
@@ -226,6 +249,7 @@ class _Night:
             run_id=layout.run_id,
             pairs=retrieval["candidates"],
             rows_per_partition=cfg.rows_per_partition,
+            driver_rows=cfg.driver_rows,
         )
         rerank = self.stage("rerank", lambda: self.rerank(cache, rerank_worker_cls))
         scored = Checkpoint(layout.run_dir)
@@ -233,7 +257,15 @@ class _Night:
         scored.remove()
         evaluation = self.stage("evaluate", self.evaluate) if qrels_path(cfg) else None
         self.timings["total_s"] = round(time.perf_counter() - started, 3)
-        manifest = self.manifest(docs, queries, retrieval, rerank, cached, evaluation)
+        manifest = night_manifest(
+            self,
+            docs=docs,
+            queries=queries,
+            retrieval=retrieval,
+            rerank=rerank,
+            cached=cached,
+            evaluation=evaluation,
+        )
         not_published = publish_decision(layout)
         if rerank["errors"]["exceeded"]:
             rate = rerank["errors"]["error_rate"]
@@ -249,30 +281,37 @@ class _Night:
             publish_latest(cfg.output, layout.run_id)
         return manifest
 
-    def embed(self, side: Side, worker_cls) -> dict:
-        files = self.inputs.corpus_files if side == "document" else self.inputs.query_files
-        prefix = "doc" if side == "document" else "query"
-        previous = None
-        if side == "document" and self.previous is not None:
-            candidate = RunLayout(self.cfg.output, self.previous).embeddings("document")
-            previous = candidate if io.exists(candidate) else None
-        media_cols = [f"{prefix}_{m}" for m in c.MEDIA_MODALITIES]
-        output = self.layout.embeddings(side)
-        embed.embed_side(
-            files,
-            side=side,
+    def embed(self, todo: list[str], worker_cls) -> dict[str, dict]:
+        """Embed the sides of `todo` (stage names) together: one execution, one model load per actor."""
+        sides, previous = [], None
+        for name in todo:
+            side = EMBED_STAGES[name]
+            files = self.inputs.corpus_files if side == "document" else self.inputs.query_files
+            earlier = None
+            if side == "document" and self.previous is not None:
+                candidate = RunLayout(self.cfg.output, self.previous).embeddings("document")
+                earlier = previous = candidate if io.exists(candidate) else None
+            rows = self.inputs.docs if side == "document" else self.inputs.queries
+            output, errors = self.layout.embeddings(side), self.layout.embed_errors(side)
+            sides.append(embed.SideInput(side, files, rows, output, errors, earlier))
+        has_media = any(
+            media_columns_with_values(s.files, [f"{PREFIX[s.side]}_{m}" for m in c.MEDIA_MODALITIES])
+            for s in sides
+        )
+        counts = embed.embed_sides(
+            sides,
             spec=self.cfg.embedder,
             pool=self.cfg.embed_pool,
-            output=output,
             run_id=self.layout.run_id,
-            rows=self.inputs.docs if side == "document" else self.inputs.queries,
             rows_per_partition=self.cfg.rows_per_partition,
-            previous=previous,
-            media=self.cfg.media if media_columns_with_values(files, media_cols) else None,
+            driver_rows=self.cfg.driver_rows,
+            media=self.cfg.media if has_media else None,
             worker_cls=worker_cls,
         )
-        embed.write_errors(output, side, self.layout.embed_errors(side))
-        return {**embed.counts(output, side, self.layout.run_id), "previous": previous}
+        return {
+            name: {**counts[EMBED_STAGES[name]], "previous": previous if name == "embed_corpus" else None}
+            for name in todo
+        }
 
     def retrieve(self) -> dict:
         queries = retrieve(
@@ -286,9 +325,15 @@ class _Night:
             block_rows=self.cfg.retrieve_block_rows,
             rows_per_partition=self.cfg.rows_per_partition,
             corpus_rows=self.inputs.docs,
+            driver_rows=self.cfg.driver_rows,
         )
-        candidates = io.count_rows(io.list_parquet(self.layout.candidates)) if queries else 0
-        return {"queries": queries, "candidates": candidates}
+        if not queries:
+            return {"queries": 0, "candidates": 0, "clustered_by_query": False}
+        return {
+            "queries": queries,
+            "candidates": io.count_rows(io.list_parquet(self.layout.candidates)),
+            "clustered_by_query": clustered_by_query(self.layout.candidates),
+        }
 
     def rerank(self, cache: ScoreCache, worker_cls) -> dict:
         rcfg = self.cfg.rerank_config(self.layout.candidates, self.layout.run_dir, self.layout.run_id)
@@ -305,47 +350,14 @@ class _Night:
                 f"--qrels needs pipelines.evaluate.evaluate_runs, which cannot be imported: {exc}"
             ) from exc
         runs = {"retrieval": self.layout.candidates, "reranked": self.layout.run_dir}
-        metrics = evaluate_runs(qrels_path(self.cfg), runs, output=self.layout.evaluation, ks=EVAL_KS)
+        metrics = evaluate_runs(
+            qrels_path(self.cfg),
+            runs,
+            output=self.layout.evaluation,
+            ks=EVAL_KS,
+            driver_rows=self.cfg.driver_rows,
+        )
         return {
             "output": self.layout.evaluation,
             "mean": {n: r.get("mean") for n, r in metrics.get("runs", {}).items()},
-        }
-
-    def manifest(self, docs, queries, retrieval, rerank, cached, evaluation) -> dict:
-        cfg = self.cfg
-        score_s = (rerank.get("timings") or {}).get("score_s")
-        return {
-            "run_id": self.layout.run_id,
-            "kind": "refresh",
-            "previous_run": self.previous,
-            "root": cfg.output,
-            "config": asdict(cfg),
-            "input_files": {"corpus": self.inputs.corpus_files, "queries": self.inputs.query_files},
-            "embedder": {"id": cfg.embedder.model, **model_fingerprint(cfg.embedder.model)},
-            "reranker": {"id": cfg.reranker.model, **model_fingerprint(cfg.reranker.model)},
-            "counts": {
-                "docs": docs["rows"],
-                "docs_embedded": docs["embedded"],
-                "docs_reused": docs["reused"],
-                "docs_failed": docs["failed"],
-                "queries": queries["rows"],
-                "queries_failed": queries["failed"],
-                "candidates": retrieval["candidates"],
-                "cache_hits": cached["cache_hits"],
-                "scored": cached["scored"],
-                "rerank_failed": rerank["counts"]["failed"],
-                "ranked_rows": rerank["counts"]["ranked_rows"],
-            },
-            "rerank": rerank,
-            "evaluation": evaluation,
-            "timings": self.timings,
-            "throughput": {"pairs_per_s": cached["scored"] / score_s if score_s else None},
-            "resumed_stages": self.resumed,
-            "outputs": {
-                "candidates": self.layout.candidates,
-                "ranked": io.join(self.layout.run_dir, "ranked"),
-                "errors": io.join(self.layout.run_dir, "errors"),
-                "embeddings": self.layout.embeddings("document"),
-            },
-            "versions": library_versions(),
         }

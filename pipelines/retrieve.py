@@ -1,6 +1,6 @@
 """Exact top-k retrieval over the whole corpus, one corpus block at a time, written as candidate pairs.
 
-query embeddings (small) ─► one matrix on the driver, `ray.put` once
+query embeddings (small) ─► one matrix on the driver (read there), `ray.put` once
 corpus embeddings (stay distributed) ─► map_batches per block: scores = Q·Dᵀ, that block's top-k per query
   ─► co-partition by query_id: merge each query's k × blocks rows into its global top-k (ranked)
   ─► co-partition by candidate_id with the corpus content (`doc_*` as `candidate_*`)
@@ -12,6 +12,9 @@ would push every document's content through the merge shuffle k × blocks times 
 rows), while joining moves the corpus content once plus the Q·k winning rows. For any corpus where
 Q·k·B exceeds the corpus size (the nightly case) the join moves far less data, and the embedding table
 stays lean (ids, hashes, vectors).
+
+A corpus of at most `driver_rows` rows takes none of the above round trips: `retrieve_on_driver` runs the
+same block top-k, merge and joins in the driver process and writes one file, sorted by query and rank.
 
 Scores are float64 dot products (of L2-normalised vectors for "cosine") rounded to float32; ties are
 broken by doc id ascending, inside a block and in the merge alike, so the result equals a brute-force
@@ -29,6 +32,7 @@ import pyarrow.compute as pc
 import ray
 
 from pipelines import io
+from pipelines.driver_io import iter_blocks, read_file, read_table, write_file
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
 from schemas import columns as c
 from schemas.tables import CORPUS_SCHEMA, PAIRS_SCHEMA, QUERIES_SCHEMA, normalize_to
@@ -131,17 +135,13 @@ def merge_topk(hits: pa.Table, k: int) -> pa.Table:
 
 
 def load_query_matrix(query_embeddings: str) -> tuple[pa.Array, np.ndarray]:
-    """(query ids, float32 matrix) of the embedded queries: small, so it lives on the driver."""
-    ds = ray.data.read_parquet(query_embeddings, filesystem=io.pyarrow_filesystem(query_embeddings))
-    ds = ds.select_columns([c.QUERY_ID, c.EMBEDDING, c.ERROR]).filter(
-        expr=ray.data.expressions.col(c.ERROR).is_null()
-    )
-    tables = [
-        t.select([c.QUERY_ID, c.EMBEDDING]) for t in ds.iter_batches(batch_format="pyarrow", batch_size=None)
-    ]
-    if not tables or sum(t.num_rows for t in tables) == 0:
+    """(query ids, float32 matrix) of the embedded queries: small, so it is read on the driver (from the
+    Parquet files directly: a Ray Data execution would cost more than the read)."""
+    table = read_table(query_embeddings, [c.QUERY_ID, c.EMBEDDING, c.ERROR])
+    table = table.filter(pc.is_null(table.column(c.ERROR))).select([c.QUERY_ID, c.EMBEDDING])
+    if table.num_rows == 0:
         return pa.array([], pa.string()), np.zeros((0, 0), dtype=np.float32)
-    table = pa.concat_tables(tables).combine_chunks()
+    table = table.combine_chunks()
     return table.column(c.QUERY_ID).chunk(0), _matrix(table.column(c.EMBEDDING))
 
 
@@ -197,15 +197,25 @@ def retrieve(
     block_rows: int,
     rows_per_partition: int,
     corpus_rows: int,
+    driver_rows: int = 0,
 ) -> int:
     """Write the top-`k` candidates of every embedded query to `output`; returns the number of queries.
     `corpus_rows` (from Parquet metadata) sizes the shuffles: the merge moves about Q·k rows per corpus
-    block, the joins Q·k rows plus the corpus or the queries."""
+    block, the joins Q·k rows plus the corpus or the queries. A corpus of at most `driver_rows` rows is
+    retrieved on the driver (`retrieve_on_driver`: the same blocks, merge and joins, no cluster round
+    trip), written as one file."""
     query_ids, queries = load_query_matrix(query_embeddings)
     io.remove(output)
     if len(query_ids) == 0:
         return 0
-    queries_ref = ray.put((query_ids, prepare_matrix(queries, metric)))
+    prepared = (query_ids, prepare_matrix(queries, metric))
+    if corpus_rows <= driver_rows:
+        table = retrieve_on_driver(
+            prepared, corpus_embeddings, corpus_files, query_files, k, metric, block_rows
+        )
+        write_file(table, output)
+        return len(query_ids)
+    queries_ref = ray.put(prepared)
     corpus = ray.data.read_parquet(corpus_embeddings, filesystem=io.pyarrow_filesystem(corpus_embeddings))
     hits = corpus.select_columns([c.DOC_ID, c.EMBEDDING, c.ERROR]).map_batches(
         block_hits,
@@ -247,3 +257,32 @@ def retrieve(
     )
     candidates.write_parquet(output, filesystem=io.pyarrow_filesystem(output))
     return len(query_ids)
+
+
+def retrieve_on_driver(
+    queries: tuple[pa.Array, np.ndarray],
+    corpus_embeddings: str,
+    corpus_files: list[str],
+    query_files: list[str],
+    k: int,
+    metric: Metric,
+    block_rows: int,
+) -> pa.Table:
+    """The candidates (PAIRS_SCHEMA, ordered by query then rank) of `queries` = (ids, prepared matrix),
+    computed in this process by the cluster path's own functions: per-block top-k over `block_rows` corpus
+    rows at a time, the merge, the content joins."""
+    columns = [c.DOC_ID, c.EMBEDDING, c.ERROR]
+    hits = [
+        t
+        for block in iter_blocks(io.list_parquet(corpus_embeddings), columns, block_rows)
+        for t in block_hits(block, queries, k, metric)
+    ]
+    merged = merge_topk(pa.concat_tables(hits) if hits else HITS_SCHEMA.empty_table(), k)
+    wanted = pc.unique(merged.column(c.CANDIDATE_ID))
+    docs = [_as_candidate_content(read_file(f, CORPUS_SCHEMA.names)) for f in corpus_files]
+    docs = pa.concat_tables([d.filter(pc.is_in(d.column(c.CANDIDATE_ID), wanted)) for d in docs])
+    with_docs = _join_inner(merged, docs, [c.CANDIDATE_ID])
+    query_content = pa.concat_tables(
+        [_query_content(read_file(f, QUERIES_SCHEMA.names)) for f in query_files]
+    )
+    return _join_and_order(with_docs, query_content)

