@@ -132,10 +132,14 @@ class RefreshConfig:
         0.01,
         help="a night whose rerank failed/pairs exceeds this exits 3 and is not published as LATEST",
     )
+    rank_on_driver_rows: int = setting(
+        RerankConfig.__dataclass_fields__["rank_on_driver_rows"].default,
+        help="the rerank stage's --rank-on-driver-rows",
+    )
 
     def validate(self) -> RefreshConfig:
         at_least(self, 1, "retrieve_k", "retrieve_block_rows", "rows_per_partition", "top_k")
-        at_least(self, 0, "max_error_rate", "driver_rows")
+        at_least(self, 0, "max_error_rate", "driver_rows", "rank_on_driver_rows")
         one_of(self, "metric", METRICS)
         check_run_id(self.run_id)
         check_settings(self)
@@ -159,12 +163,17 @@ class RefreshConfig:
             keep_columns=self.keep_columns,
             run_id=run_id,
             max_error_rate=self.max_error_rate,
+            rank_on_driver_rows=self.rank_on_driver_rows,
         )
 
     def key(self) -> str:
         """What a resumed run must share with the run it resumes: everything but the run id and the
         settings that change no row (where small tables are handled)."""
-        payload = {k: v for k, v in asdict(self).items() if k not in ("run_id", "mode", "driver_rows")}
+        payload = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("run_id", "mode", "driver_rows", "rank_on_driver_rows")
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -79,6 +79,11 @@ class RerankConfig:
         help="when --output already holds a run: error (refuse), overwrite (replace it), resume (continue it; "
         "it must have the same run id and settings). Default: resume for the same --run-id, else error",
     )
+    rank_on_driver_rows: int = setting(
+        1_000_000,
+        help="rank on the driver (one Arrow sort of ids and scores, no shuffle) when the input has at most "
+        "this many pairs; above it, a hash shuffle by query_id across the cluster; 0: always the cluster",
+    )
     max_error_rate: float = setting(
         0.01,
         help="a run whose failed/pairs_in exceeds this exits 3, its output complete and its manifest saying why",
@@ -86,7 +91,7 @@ class RerankConfig:
 
     def validate(self) -> RerankConfig:
         at_least(self, 1, "top_k")
-        at_least(self, 0, "max_error_rate")
+        at_least(self, 0, "max_error_rate", "rank_on_driver_rows")
         one_of(self, "format", FORMATS)
         check_run_id(self.run_id)
         parse_columns(self.columns, PAIRS_SCHEMA.names)
@@ -194,7 +199,10 @@ def preprocess_stage(
     return ds.map_batches(
         preprocess_block,
         fn_kwargs={"spec": cfg.reranker, "drop": drop, "worker_cls": worker_cls},
-        batch_size=cfg.pool.block_rows,
+        # Whole blocks: a batch size here would make Ray Data bundle read tasks (one row group each) until
+        # it holds that many rows, i.e. preprocess a whole small input in one task before the actors get a
+        # row. One task per read block streams blocks to the actors as each is preprocessed.
+        batch_size=None,
         batch_format="pyarrow",
         num_cpus=1,
         concurrency=cfg.pool.preprocess_tasks,

@@ -27,6 +27,7 @@ from actors.quarantine import describe_stuck
 from actors.reranker import RerankWorker
 from pipelines import io, progress
 from pipelines.checkpoint import Checkpoint, commit_piece
+from pipelines.rank_per_query import rank_all, ranking_columns
 from pipelines.read_pairs import read_keyed_pairs
 from pipelines.rerank import (
     OutputLayout,
@@ -35,15 +36,17 @@ from pipelines.rerank import (
     attempts_dir,
     block_stats,
     check_pairs,
+    only_scored,
     pairs_files,
     rank_partitions,
     rank_scored,
     score_pairs,
+    to_errors,
 )
 from pipelines.run_info import library_versions, model_fingerprint, pinned, resolved_dtype
 from pipelines.run_lease import Lease, changed_fields, check_identity, input_stats
 from schemas import columns as c
-from schemas.tables import InputError, JobFailed
+from schemas.tables import ERRORS_SCHEMA, InputError, JobFailed
 
 # RerankerSpec fields that change a score (batch_tokens and device do not).
 SCORE_SETTINGS = (
@@ -163,18 +166,47 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
 
     with progress.stage("rank"):
         t0 = time.perf_counter()
-        fs_out = io.pyarrow_filesystem(cfg.output)
-        scored = ray.data.read_parquet(pieces, filesystem=fs_out)
         io.remove(layout.ranked)
         io.remove(layout.errors)
-        result = rank_scored(scored, top_k=cfg.top_k, keep=plan.keep, num_partitions=rank_partitions(total))
-        result.errors.write_parquet(layout.errors, filesystem=fs_out)
-        result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
+        if total <= cfg.rank_on_driver_rows:
+            _rank_on_driver(pieces, layout, cfg.top_k, plan.keep)
+        else:
+            fs_out = io.pyarrow_filesystem(cfg.output)
+            scored = ray.data.read_parquet(pieces, filesystem=fs_out)
+            parts = rank_partitions(total)
+            result = rank_scored(scored, top_k=cfg.top_k, keep=plan.keep, num_partitions=parts)
+            result.errors.write_parquet(layout.errors, filesystem=fs_out)
+            result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
         timings["rank_write_s"] = time.perf_counter() - t0
     stats = ckpt.stats()
     queries, ranked_rows = _ranked_counts(layout.ranked)
     timings["total_s"] = time.perf_counter() - started
     return _manifest(cfg, run_id, fields, plan.files, stats, queries, ranked_rows, timings, len(committed))
+
+
+def _rank_on_driver(pieces: list[str], layout: OutputLayout, top_k: int | None, keep) -> None:
+    """Rank the committed pieces in this process: only the columns ranking needs are read (ids, score,
+    row key, pass-through and kept columns); one Arrow sort; one ranked file, one errors file."""
+    tables = []
+    for uri in pieces:
+        fs, path = io.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            names = pq.read_schema(f).names
+            wanted = [*ranking_columns(names, keep), c.ROW_ERROR, c.ROW_STAGE]
+            f.seek(0)
+            tables.append(pq.read_table(f, columns=list(dict.fromkeys(wanted))))
+    scored = pa.concat_tables(tables, promote_options="default") if tables else None
+    _write_one(layout.errors, to_errors(scored) if scored is not None else ERRORS_SCHEMA.empty_table())
+    ranked = only_scored(scored, keep) if scored is not None else None
+    if ranked is not None and ranked.num_rows:
+        _write_one(layout.ranked, rank_all(ranked, top_k, keep))
+
+
+def _write_one(folder: str, table: pa.Table) -> None:
+    fs, path = io.filesystem(folder)
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(f"{path}/part-0.parquet", "wb") as f:
+        pq.write_table(table, f)
 
 
 def _ranked_counts(ranked: str) -> tuple[int, int]:

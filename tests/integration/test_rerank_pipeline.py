@@ -110,6 +110,8 @@ def read_ranked(out):
 def test_scores_equal_predict_and_nothing_is_lost(
     request, ray_session, tmp_path, model_fixture, prompt, worker
 ):
+    # The first case ranks on the driver (the default for small inputs), the second through the cluster's
+    # shuffle: both must give the same ranks.
     model_dir = request.getfixturevalue(model_fixture)
     table = adversarial_pairs()
     pairs = write_shards(table, tmp_path / "pairs")
@@ -118,6 +120,7 @@ def test_scores_equal_predict_and_nothing_is_lost(
         output=str(tmp_path / "out"),
         reranker=RerankerSpec(model=str(model_dir), prompt=prompt, max_length=64, batch_tokens=300),
         pool=PoolSpec(block_rows=16),
+        rank_on_driver_rows=1_000_000 if worker is RerankWorker else 0,
     )
     manifest = run_rerank(cfg, worker_cls=worker)
 

@@ -96,3 +96,24 @@ def test_actor_time_shares_and_busy_fraction():
     assert out["forward_share"] == 0.8 and out["forward_busy"] == 0.8 and out["forward_window_s"] == 10.0
     assert actor_time(stats, actors=2)["forward_busy"] == 0.4
     assert actor_time(stats, actors=1, resumed_pairs=5)["forward_busy"] is None
+
+
+def test_rank_all_equals_rank_group_per_query():
+    from pipelines.rank_per_query import rank_all
+
+    rng = np.random.default_rng(0)
+    n = 60
+    table = pa.table(
+        {
+            c.QUERY_ID: [f"q{i % 4}" for i in range(n)],
+            c.CANDIDATE_ID: [f"d{rng.integers(0, 8)}" for _ in range(n)],
+            c.SCORE: pa.array(rng.integers(0, 3, n).astype(np.float32)),
+            c.ROW_KEY: rng.permutation(n),
+        }
+    )
+    for top_k in (None, 3):
+        want = []
+        for q in sorted(set(table.column(c.QUERY_ID).to_pylist())):
+            group = table.filter(pa.compute.equal(table.column(c.QUERY_ID), q))
+            want += rank_group(group, top_k).to_pylist()
+        assert rank_all(table, top_k).to_pylist() == want
