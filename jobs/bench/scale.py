@@ -107,8 +107,9 @@ def run_scale(cfg, model: str) -> dict:
     table = skewed_pairs(cfg.scale, cfg.per_query, cfg.lengths, cfg.seed)
     root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-scale-")
     pairs = write_shards(table, os.path.join(root, "pairs"))
-    threads = cfg.threads or os.cpu_count() or 1
-    args = ["--torch-threads", str(threads), "--progress-interval", "0"]
+    threads = os.cpu_count() or 1  # predict gets every core, as a user would run it
+    actor_threads = cfg.pool.torch_threads or threads  # the actor shares the cores with preprocessing
+    args = ["--torch-threads", str(actor_threads), "--progress-interval", "0"]
     runs: dict[str, list[dict]] = {"predict": [], "rerank": []}
     try:
         for r in range(cfg.rounds):
@@ -137,7 +138,7 @@ def run_scale(cfg, model: str) -> dict:
         "queries": table.num_rows // cfg.per_query,
         "shards": SHARDS,
         "model": model,
-        "torch_threads": threads,
+        "torch_threads": {"predict": threads, "rerank_actor": actor_threads},
         "pairs_per_s": median,
         "ratio_end_to_end_vs_predict": median["rerank_end_to_end"] / median["predict"],
         "runs": runs,
