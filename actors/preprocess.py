@@ -19,8 +19,7 @@ from actors.fast_paths import apply_fast_paths
 from actors.features import Featurizer
 from actors.media_loader import PAYLOAD_COLUMNS
 from actors.reranker import RerankerSpec, RerankWorker, default_prompt, featurize_rows, load_cross_encoder
-from actors.rows import RowErrors, column_or_nulls, replace_columns
-from schemas import columns as c
+from actors.rows import RowErrors, replace_columns
 
 _FEATURIZERS: dict[tuple, Featurizer] = {}  # per worker process: one load per (spec, worker class)
 
@@ -46,9 +45,6 @@ def preprocess_block(
 ) -> pa.Table:
     """A `map_batches` function: the block with `__input_ids`, `__features`, `__tokens` added, failures in
     `__error`, and decoded media plus the columns `drop` removed."""
-    errors = RowErrors(table, "score")
-    cached = column_or_nulls(table, c.ROW_CACHED_SCORE)
-    todo = [i for i in range(table.num_rows) if errors.ok(i) and cached[i] is None]
-    columns = featurize_rows(table, todo, featurizer_for(spec, worker_cls), errors)
+    columns = featurize_rows(table, featurizer_for(spec, worker_cls), RowErrors(table, "score"))
     gone = {*PAYLOAD_COLUMNS, *drop}
     return replace_columns(table.drop_columns([n for n in table.column_names if n in gone]), columns)

@@ -13,12 +13,13 @@ one killer needs about log2(n) + 1 attempts; when the retries run out first, the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 
 import fsspec
 import numpy as np
+
+from actors.rows import key_digest
 
 
 def _fs(uri: str):
@@ -54,8 +55,7 @@ class Quarantine:
     def __init__(self, directory: str | None, keys: np.ndarray, ids: list[str]):
         self.path = None
         if directory is not None and len(keys):
-            name = hashlib.sha1(np.ascontiguousarray(keys, dtype=np.int64).tobytes()).hexdigest()[:24]
-            self.path = f"{directory.rstrip('/')}/{name}.json"
+            self.path = f"{directory.rstrip('/')}/{key_digest(keys)}.json"
         self.n = len(keys)
         self.state = _read(self.path) if self.path and _exists(self.path) else None
         self.ids = ids

@@ -173,8 +173,8 @@ class RerankWorker:
         for i, value in enumerate(cached):
             if value is not None and errors.ok(i):
                 scores[i] = value
-        if c.ROW_INPUT_IDS not in table.column_names:
-            table = self.preprocess(table, errors, cached)
+        if c.ROW_INPUT_IDS not in table.column_names:  # not through the preprocess stage: made here, once
+            table = replace_columns(table, featurize_rows(table, self.featurize, errors))
         t0 = time.perf_counter()
         tokens = table.column(c.ROW_TOKENS).to_numpy().astype(np.int64)
         rows = np.asarray([i for i in range(n) if errors.ok(i) and cached[i] is None], dtype=np.int64)
@@ -248,11 +248,6 @@ class RerankWorker:
                     errors.fail(targets[k], non_finite_reason(values[k], self.model))
             padded[targets] = batch.padded_length
 
-    def preprocess(self, table: pa.Table, errors: RowErrors, cached: list) -> pa.Table:
-        """Features for a block that did not come through the preprocess stage (built here, once)."""
-        todo = [i for i in range(table.num_rows) if errors.ok(i) and cached[i] is None]
-        return replace_columns(table, featurize_rows(table, todo, self.featurize, errors))
-
     def _score_isolating_failures(self, table, rows, features, lengths):
         """Yield (batch, scores, {index in batch: reason}) for every micro-batch. If scoring raises, each
         batch not yet finished is scored again through `isolate_failures`: whole, and if that raises, pair by
@@ -287,8 +282,9 @@ class RerankWorker:
             self.clock.ended = time.time()
 
 
-def _first(value: float, n: int) -> pa.Array:
-    return pa.array([value, *[0.0] * (n - 1)][:n], pa.float64())
+def _first(value: float | None, n: int, rest: float | None = 0.0) -> pa.Array:
+    """A block's value on its first row, `rest` on the others (so sums over rows give the block's)."""
+    return pa.array([value, *[rest] * (n - 1)][:n], pa.float64())
 
 
 @dataclass
@@ -302,21 +298,21 @@ class _Clock:
     ended: float | None = None
 
     def columns(self, n: int) -> dict[str, pa.Array]:
-        def first(value, rest):
-            return pa.array([value, *[rest] * (n - 1)][:n], pa.float64())
-
         return {
-            c.ROW_COLLATE_S: first(self.collate_s, 0.0),
-            c.ROW_FORWARD_S: first(self.forward_s, 0.0),
-            c.ROW_WRITE_S: first(self.write_s, 0.0),
-            c.ROW_FORWARD_START: first(self.started, None),
-            c.ROW_FORWARD_END: first(self.ended, None),
+            c.ROW_COLLATE_S: _first(self.collate_s, n),
+            c.ROW_FORWARD_S: _first(self.forward_s, n),
+            c.ROW_WRITE_S: _first(self.write_s, n),
+            c.ROW_FORWARD_START: _first(self.started, n, None),
+            c.ROW_FORWARD_END: _first(self.ended, n, None),
         }
 
 
-def featurize_rows(table: pa.Table, todo: list[int], featurize: Featurizer, errors: RowErrors) -> dict:
-    """Features (`actors.features.to_columns`) for the rows `todo` of a block; rows that cannot be built
-    or preprocessed are failed in `errors` (and returned with its columns)."""
+def featurize_rows(table: pa.Table, featurize: Featurizer, errors: RowErrors) -> dict:
+    """Features (`actors.features.to_columns`) for the rows of a block still to score (not failed, no
+    cached score); rows that cannot be built or preprocessed are failed in `errors` (and returned with
+    its columns)."""
+    cached = column_or_nulls(table, c.ROW_CACHED_SCORE)
+    todo = [i for i in range(table.num_rows) if errors.ok(i) and cached[i] is None]
     pairs, build_errors = build_pairs(table, todo, featurize.model)
     for i, reason in build_errors.items():
         errors.fail(i, reason)

@@ -8,6 +8,7 @@ items that fail become error rows and the rest of the batch still gets its value
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -79,3 +80,9 @@ def isolate_failures(
             values.append(fill)
             bad[k] = failure_reason(what, exc)
     return np.asarray(values), bad
+
+
+def key_digest(keys) -> str:
+    """A name for a set of rows: the hash of their `__row_key`s (the same rows give the same name on every
+    attempt; used for checkpoint pieces and quarantine markers)."""
+    return hashlib.sha1(np.ascontiguousarray(keys, dtype=np.int64).tobytes()).hexdigest()[:32]

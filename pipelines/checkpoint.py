@@ -12,7 +12,6 @@ cover the input, and the checkpoint is removed only after `manifest.json` is wri
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import uuid
@@ -23,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actors.rows import key_digest
 from pipelines import io
 from schemas import columns as c
 
@@ -111,8 +111,7 @@ def piece_name(table: pa.Table) -> str:
     commit, and Ray retried it) replaces its own piece instead of adding a second copy of its rows."""
     if c.ROW_KEY not in table.column_names:
         return uuid.uuid4().hex
-    keys = np.ascontiguousarray(table.column(c.ROW_KEY).to_numpy(), dtype=np.int64)
-    return hashlib.sha1(keys.tobytes()).hexdigest()[:32]
+    return key_digest(table.column(c.ROW_KEY).to_numpy())
 
 
 def drop_committed(table: pa.Table, committed: np.ndarray) -> pa.Table:

@@ -29,25 +29,12 @@ def ranking_columns(schema_names: Sequence[str], keep: Sequence[str] = ()) -> li
     return [n for n in (*cols, c.ROW_KEY) if n in schema_names]
 
 
-def rank_group(group: pa.Table, top_k: int | None = None, keep: Sequence[str] = ()) -> pa.Table:
-    """All rows of `group` share one query_id. Order: score desc, candidate_id asc, then input order (the
+def rank_group(table: pa.Table, top_k: int | None = None, keep: Sequence[str] = ()) -> pa.Table:
+    """Rank the rows of `table` per query: one query's group (as `map_groups` hands it) or many at once
+    (ranking on the driver). Order within a query: score desc, candidate_id asc, then input order (the
     row key when present; Arrow's sort is stable), so duplicate candidate ids get distinct, deterministic
-    ranks and no row is lost. `keep`: input columns carried into the output unchanged (`--keep-columns`)."""
-    keys = [(c.SCORE, "descending"), (c.CANDIDATE_ID, "ascending")]
-    if c.ROW_KEY in group.column_names:
-        keys.append((c.ROW_KEY, "ascending"))
-    order = pc.sort_indices(group, sort_keys=keys)
-    if top_k is not None:
-        order = order[:top_k]
-    out = group.take(order)
-    out = out.append_column(c.RANK, pa.array(np.arange(1, len(order) + 1, dtype=np.int32)))
-    cols = ranked_columns(out.column_names, keep)
-    return out.select(cols).cast(_schema_for(out.select(cols)))
-
-
-def rank_all(table: pa.Table, top_k: int | None = None, keep: Sequence[str] = ()) -> pa.Table:
-    """`rank_group` over every query of `table` at once (one Arrow sort by query, then as `rank_group`):
-    the same ranks, for scored rows small enough to rank in one process. Rows come out by query, then rank."""
+    ranks and no row is lost. Rows come out by query, then rank. `keep`: input columns carried into the
+    output unchanged (`--keep-columns`)."""
     keys = [(c.QUERY_ID, "ascending"), (c.SCORE, "descending"), (c.CANDIDATE_ID, "ascending")]
     if c.ROW_KEY in table.column_names:
         keys.append((c.ROW_KEY, "ascending"))

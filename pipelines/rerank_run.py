@@ -27,7 +27,7 @@ from actors.quarantine import describe_stuck
 from actors.reranker import RerankWorker
 from pipelines import io, progress
 from pipelines.checkpoint import Checkpoint, commit_piece
-from pipelines.rank_per_query import rank_all, ranking_columns
+from pipelines.rank_per_query import rank_group, ranking_columns
 from pipelines.read_pairs import read_keyed_pairs
 from pipelines.rerank import (
     OutputLayout,
@@ -191,15 +191,14 @@ def _rank_on_driver(pieces: list[str], layout: OutputLayout, top_k: int | None, 
     for uri in pieces:
         fs, path = io.filesystem(uri)
         with fs.open(path, "rb") as f:
-            names = pq.read_schema(f).names
-            wanted = [*ranking_columns(names, keep), c.ROW_ERROR, c.ROW_STAGE]
-            f.seek(0)
-            tables.append(pq.read_table(f, columns=list(dict.fromkeys(wanted))))
+            piece = pq.ParquetFile(f)
+            wanted = [*ranking_columns(piece.schema_arrow.names, keep), c.ROW_ERROR, c.ROW_STAGE]
+            tables.append(piece.read(columns=list(dict.fromkeys(wanted))))
     scored = pa.concat_tables(tables, promote_options="default") if tables else None
     _write_one(layout.errors, to_errors(scored) if scored is not None else ERRORS_SCHEMA.empty_table())
     ranked = only_scored(scored, keep) if scored is not None else None
     if ranked is not None and ranked.num_rows:
-        _write_one(layout.ranked, rank_all(ranked, top_k, keep))
+        _write_one(layout.ranked, rank_group(ranked, top_k, keep))
 
 
 def _write_one(folder: str, table: pa.Table) -> None:

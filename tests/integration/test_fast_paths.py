@@ -13,26 +13,10 @@ from actors.fast_paths import PrefixReuse, apply_fast_paths, shared_prefix_lengt
 from actors.reranker import RerankerSpec, RerankWorker
 from actors.token_budget import pack_by_groups
 from schemas import columns as c
+from tests.pairs_data import WORDS as PAIR_WORDS
 
 ATOL = 1e-5
-WORDS = [
-    "ray",
-    "data",
-    "streams",
-    "blocks",
-    "to",
-    "actors",
-    "that",
-    "hold",
-    "models",
-    "and",
-    "score",
-    "pairs",
-    "of",
-    "queries",
-    "with",
-    "documents",
-]
+WORDS = [*PAIR_WORDS, "of", "queries", "with", "documents"]
 MODELS = ["qwen3_causal", "llama_st_10"]
 
 

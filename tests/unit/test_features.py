@@ -98,9 +98,7 @@ def test_actor_time_shares_and_busy_fraction():
     assert actor_time(stats, actors=1, resumed_pairs=5)["forward_busy"] is None
 
 
-def test_rank_all_equals_rank_group_per_query():
-    from pipelines.rank_per_query import rank_all
-
+def test_ranking_many_queries_at_once_equals_ranking_each_group():
     rng = np.random.default_rng(0)
     n = 60
     table = pa.table(
@@ -116,4 +114,4 @@ def test_rank_all_equals_rank_group_per_query():
         for q in sorted(set(table.column(c.QUERY_ID).to_pylist())):
             group = table.filter(pa.compute.equal(table.column(c.QUERY_ID), q))
             want += rank_group(group, top_k).to_pylist()
-        assert rank_all(table, top_k).to_pylist() == want
+        assert rank_group(table, top_k).to_pylist() == want
