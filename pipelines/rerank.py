@@ -189,6 +189,9 @@ def pairs_files(plan: PairsPlan, layout: OutputLayout) -> list[str]:
     return stage_copy(plan.source, layout.staged_pairs)
 
 
+PREPROCESS_TASK_MEMORY = 1 << 30  # peak RSS of a preprocess worker, SmolLM2, 2,048-row blocks: 1.0 GiB
+
+
 def preprocess_stage(
     ds: ray.data.Dataset, cfg: RerankConfig, keep: Sequence[str] = (), worker_cls=RerankWorker
 ) -> ray.data.Dataset:
@@ -199,12 +202,16 @@ def preprocess_stage(
     return ds.map_batches(
         preprocess_block,
         fn_kwargs={"spec": cfg.reranker, "drop": drop, "worker_cls": worker_cls},
-        # Whole blocks: a batch size here would make Ray Data bundle read tasks (one row group each) until
-        # it holds that many rows, i.e. preprocess a whole small input in one task before the actors get a
-        # row. One task per read block streams blocks to the actors as each is preprocessed.
+        # Whole blocks (the reader emits at most `block_rows` rows each): a batch size here would make Ray
+        # Data bundle blocks until it holds that many rows. One task per block streams blocks to the actors
+        # as each is preprocessed.
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=1,
+        # A worker holding torch, transformers and the processor. Besides sizing the tasks, the request
+        # keeps this stage out of the read task: fused, a task would preprocess a whole Parquet row group
+        # and hand it on as one block when done, and the actors would wait for it.
+        memory=PREPROCESS_TASK_MEMORY,
         concurrency=cfg.pool.preprocess_tasks,
         udf_modifying_row_count=False,
     )

@@ -27,6 +27,7 @@ from actors.quarantine import describe_stuck
 from actors.reranker import RerankWorker
 from pipelines import io, progress
 from pipelines.checkpoint import Checkpoint, commit_piece
+from pipelines.rank_clustered import edges_are_apart, rank_clustered
 from pipelines.rank_per_query import rank_group, ranking_columns
 from pipelines.read_pairs import read_keyed_pairs
 from pipelines.rerank import (
@@ -149,7 +150,14 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
     if len(committed) < total:
         with progress.stage("score", f"{total - len(committed)} of {total} pairs to score"):
             commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats)
-            ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages, commit)
+            ds = score_pairs(
+                read_keyed_pairs(files, committed, cfg.pool.block_rows),
+                cfg,
+                plan,
+                worker_cls,
+                extra_stages,
+                commit,
+            )
             t0 = time.perf_counter()
             with progress.Ticker("pairs scored", total, ckpt.committed_rows):
                 try:
@@ -166,27 +174,75 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
 
     with progress.stage("rank"):
         t0 = time.perf_counter()
-        io.remove(layout.ranked)
-        io.remove(layout.errors)
-        if total <= cfg.rank_on_driver_rows:
-            _rank_on_driver(pieces, layout, cfg.top_k, plan.keep)
-        else:
-            fs_out = io.pyarrow_filesystem(cfg.output)
-            scored = ray.data.read_parquet(pieces, filesystem=fs_out)
-            parts = rank_partitions(total)
-            result = rank_scored(scored, top_k=cfg.top_k, keep=plan.keep, num_partitions=parts)
-            result.errors.write_parquet(layout.errors, filesystem=fs_out)
-            result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
+        ranking = rank_outputs(pieces, layout, cfg, total, plan.keep)
         timings["rank_write_s"] = time.perf_counter() - t0
     stats = ckpt.stats()
     queries, ranked_rows = _ranked_counts(layout.ranked)
     timings["total_s"] = time.perf_counter() - started
-    return _manifest(cfg, run_id, fields, plan.files, stats, queries, ranked_rows, timings, len(committed))
+    return {
+        **_manifest(cfg, run_id, fields, plan.files, stats, queries, ranked_rows, timings, len(committed)),
+        "ranking": ranking,
+    }
 
 
-def _rank_on_driver(pieces: list[str], layout: OutputLayout, top_k: int | None, keep) -> None:
-    """Rank the committed pieces in this process: only the columns ranking needs are read (ids, score,
-    row key, pass-through and kept columns); one Arrow sort; one ranked file, one errors file."""
+def rank_outputs(pieces: list[str], layout: OutputLayout, cfg, total: int, keep) -> dict:
+    """Write ranked/ and errors/ from the committed pieces, by the cheapest exact path: on the driver up
+    to `rank_on_driver_rows` pairs; above it, in one task per piece when the input is query-clustered
+    (`pipelines.rank_clustered`); else through a hash shuffle on `query_id`. Returns the path taken."""
+    io.remove(layout.ranked)
+    io.remove(layout.errors)
+    if total <= cfg.rank_on_driver_rows:
+        _rank_on_driver(_read_pieces(pieces, keep), layout, cfg.top_k, keep)
+        return {"path": "driver"}
+    edges_dir = io.join(layout.root, "_edges")
+    io.remove(edges_dir)
+    dirs = {"ranked": layout.ranked, "errors": layout.errors, "edges": edges_dir}
+    found = rank_clustered(pieces, dirs, cfg.top_k, keep)
+    try:
+        if found is not None:
+            local, edge_rows, files = found
+            if _rank_edges(local, files, edge_rows, layout, cfg, keep):
+                return {"path": "clustered", "set_aside_rows": edge_rows}
+        io.remove(layout.ranked)
+        io.remove(layout.errors)
+        fs_out = io.pyarrow_filesystem(cfg.output)
+        scored = ray.data.read_parquet(pieces, filesystem=fs_out)
+        result = rank_scored(scored, top_k=cfg.top_k, keep=keep, num_partitions=rank_partitions(total))
+        result.errors.write_parquet(layout.errors, filesystem=fs_out)
+        result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
+        return {"path": "shuffle"}
+    finally:
+        io.remove(edges_dir)
+
+
+def _rank_edges(local: set, files: list[str], edge_rows: int, layout, cfg, keep) -> bool:
+    """Rank the rows the clustered path set aside (their error rows are written already): on the driver
+    when few, else through a shuffle of those rows alone. False when one of their queries was also ranked
+    by a piece's task (the input is not clustered after all); nothing is written then."""
+    if not files:
+        return True
+    if edge_rows <= cfg.rank_on_driver_rows:
+        table = _read_pieces(files, keep)
+        if not edges_are_apart(local, table.column(c.QUERY_ID)):
+            return False
+        _rank_on_driver(table, layout, cfg.top_k, keep, errors=False, name="part-edges.parquet")
+        return True
+    ids = pa.concat_arrays([_read_column(f, c.QUERY_ID) for f in files])
+    if not edges_are_apart(local, ids):
+        return False
+    fs_out = io.pyarrow_filesystem(cfg.output)
+    edges = rank_scored(
+        ray.data.read_parquet(files, filesystem=fs_out),
+        top_k=cfg.top_k,
+        keep=keep,
+        num_partitions=rank_partitions(edge_rows),
+    )
+    edges.ranked.write_parquet(layout.ranked, filesystem=fs_out)
+    return True
+
+
+def _read_pieces(pieces: list[str], keep) -> pa.Table | None:
+    """The pieces' rows, with only the columns ranking and the errors table need."""
     tables = []
     for uri in pieces:
         fs, path = io.filesystem(uri)
@@ -194,17 +250,32 @@ def _rank_on_driver(pieces: list[str], layout: OutputLayout, top_k: int | None, 
             piece = pq.ParquetFile(f)
             wanted = [*ranking_columns(piece.schema_arrow.names, keep), c.ROW_ERROR, c.ROW_STAGE]
             tables.append(piece.read(columns=list(dict.fromkeys(wanted))))
-    scored = pa.concat_tables(tables, promote_options="default") if tables else None
-    _write_one(layout.errors, to_errors(scored) if scored is not None else ERRORS_SCHEMA.empty_table())
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def _read_column(uri: str, name: str) -> pa.Array:
+    fs, path = io.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=[name]).column(name).combine_chunks()
+
+
+def _rank_on_driver(
+    scored: pa.Table | None, layout, top_k, keep, errors: bool = True, name: str = "part-0.parquet"
+) -> None:
+    """Rank scored rows in this process (one Arrow sort): one ranked file, and with `errors` one errors
+    file."""
+    if errors:
+        table = to_errors(scored) if scored is not None else ERRORS_SCHEMA.empty_table()
+        _write_one(layout.errors, table)
     ranked = only_scored(scored, keep) if scored is not None else None
     if ranked is not None and ranked.num_rows:
-        _write_one(layout.ranked, rank_group(ranked, top_k, keep))
+        _write_one(layout.ranked, rank_group(ranked, top_k, keep), name)
 
 
-def _write_one(folder: str, table: pa.Table) -> None:
+def _write_one(folder: str, table: pa.Table, name: str = "part-0.parquet") -> None:
     fs, path = io.filesystem(folder)
     fs.makedirs(path, exist_ok=True)
-    with fs.open(f"{path}/part-0.parquet", "wb") as f:
+    with fs.open(f"{path}/{name}", "wb") as f:
         pq.write_table(table, f)
 
 

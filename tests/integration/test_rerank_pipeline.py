@@ -7,17 +7,18 @@ import os
 import random
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from sentence_transformers import CrossEncoder
 
 from actors.features import Featurizer
 from actors.pool import PoolSpec
 from actors.reranker import RerankerSpec, RerankWorker
+from pipelines.read_pairs import read_keyed_pairs
 from pipelines.rerank import PairsPlan, RerankConfig, score_pairs
 from pipelines.rerank_run import run_rerank
-from tests.pairs_data import adversarial_pairs, write_shards
+from tests.pairs_data import WORDS, adversarial_pairs, write_shards
 
 
 class ShuffledWorker(RerankWorker):
@@ -62,12 +63,16 @@ def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwe
     )
     worker = counting_worker(str(log_dir))
     manifest = run_rerank(cfg, worker_cls=worker)
-    # Preprocessing runs in CPU tasks of its own, never fused into the scoring actors.
+    # Preprocessing runs in CPU tasks of its own, fused neither into the scoring actors nor into the read
+    # (which cuts row groups into blocks of `block_rows`), so each block is preprocessed and handed on alone.
     capsys.readouterr()
-    score_pairs(ray.data.from_items([{"query_id": "q"}]), cfg, PairsPlan(media=False), worker).explain()
+    files = sorted(str(p) for p in pairs.glob("*.parquet"))
+    read = read_keyed_pairs(files, np.array([], np.int64), cfg.pool.block_rows)
+    score_pairs(read, cfg, PairsPlan(media=False), worker).explain()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(CountingWorker)]" in physical
-    assert "TaskPoolMapOperator[MapBatches(validate_pairs)->MapBatches(preprocess_block)]" in physical
+    assert "TaskPoolMapOperator[MapBatches(preprocess_block)]" in physical
+    assert "MapBatches(_read_fragments)->StreamingRepartition" in physical
 
     seen: dict = {}
     for log in log_dir.glob("*.jsonl"):
@@ -182,3 +187,59 @@ def test_top_k_and_query_files(ray_session, tmp_path, qwen3_causal):
             assert r["rank"] <= 3
     assert all(len(names) == 1 for names in seen.values()), "a query's candidates must sit in one file"
     assert len(seen) == 6
+
+
+def clustered_pairs(n_queries: int = 30, per_query: int = 6) -> pa.Table:
+    """Pairs grouped by query (each query's rows contiguous), as retrieval writes them."""
+    rows = [
+        {
+            "query_id": f"q{q:02d}",
+            "candidate_id": f"d{k}",
+            "query_text": f"query {q}",
+            # Distinct texts: no two candidates of a query tie (batches differ between the runs, and a
+            # tie within float noise could be ordered either way).
+            "candidate_text": f"document {k} "
+            + " ".join(WORDS[(q * 7 + k * 3 + j) % len(WORDS)] for j in range(2 + k)),
+        }
+        for q in range(n_queries)
+        for k in range(per_query)
+    ]
+    return pa.Table.from_pylist(rows)
+
+
+def test_ranking_paths_agree_clustered_input_needs_no_shuffle(ray_session, tmp_path, qwen3_causal):
+    # Ranking on the driver (small runs), per piece without a shuffle (query-clustered input above the
+    # driver threshold) and through the hash shuffle (the same rows, shuffled): the same ranked table.
+    table = clustered_pairs()
+    clustered = write_shards(table, tmp_path / "clustered", shards=2)
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    shuffled = write_shards(table.take(pa.array(order)), tmp_path / "shuffled", shards=2)
+
+    def run(pairs, name, rank_on_driver_rows):
+        cfg = RerankConfig(
+            pairs=str(pairs),
+            output=str(tmp_path / name),
+            reranker=RerankerSpec(model=str(qwen3_causal), max_length=64),
+            pool=PoolSpec(block_rows=32),
+            top_k=4,
+            rank_on_driver_rows=rank_on_driver_rows,
+        )
+        manifest = run_rerank(cfg)
+        ranked = pq.read_table(tmp_path / name / "ranked").to_pylist()
+        rows = sorted((r["query_id"], r["rank"], r["candidate_id"], round(r["score"], 5)) for r in ranked)
+        return manifest, rows
+
+    driver, want = run(clustered, "driver", 1_000_000)
+    local, got_local = run(clustered, "local", 0)
+    shuffle, got_shuffle = run(shuffled, "shuffle", 0)
+
+    assert driver["ranking"] == {"path": "driver"}
+    assert local["ranking"]["path"] == "clustered"
+    assert 0 < local["ranking"]["set_aside_rows"] < table.num_rows // 2
+    assert shuffle["ranking"] == {"path": "shuffle"}
+    assert len(want) == 30 * 4
+    assert got_local == want and got_shuffle == want
+    for m in (driver, local, shuffle):
+        assert m["counts"]["queries"] == 30 and m["counts"]["ranked_rows"] == 120
+        assert pq.read_table(tmp_path / "local" / "errors").num_rows == 0
+    assert not (tmp_path / "local" / "_edges").exists()
