@@ -1,11 +1,7 @@
 """Read pairs with a stable key per row, skipping rows a committed checkpoint piece already holds.
 
 The unit of reading is a Parquet row group (its first row and size come from the footer, read on the
-driver); each read task adds `__row_key` = file index << 40 | row in file (`pipelines.checkpoint`) and
-hands its rows on in blocks of at most `block_rows`. A task's output otherwise leaves it as one block
-(Ray Data coalesces up to 128 MiB), and a stage fused with the read would process a whole row group
-(100,000 rows, say) before the scoring actors got a row. The preprocess stage's memory request keeps it
-out of the read task (`pipelines.rerank.preprocess_stage`), so each block is preprocessed as its own task. The
+driver); each read task adds `__row_key` = file index << 40 | row in file (`pipelines.checkpoint`). The
 key is the same on every attempt of a run because the run identity pins the input files, their sizes and
 modification times. A row group whose rows are all committed is not read at all.
 """
@@ -63,21 +59,13 @@ def pending(frags: list[Fragment], committed: np.ndarray) -> list[Fragment]:
     return keep
 
 
-def read_keyed_pairs(files: list[str], committed: np.ndarray, block_rows: int) -> ray.data.Dataset:
-    """A Dataset of the input rows not yet committed, each with `__row_key`: one read task a row group,
-    each emitting blocks of at most `block_rows` rows as it goes."""
+def read_keyed_pairs(files: list[str], committed: np.ndarray) -> ray.data.Dataset:
+    """A Dataset of the input rows not yet committed, each with `__row_key`; one read task a row group."""
     todo = pending(fragments(files), committed)
     items = [frag.__dict__ for frag in todo] or [{"file_index": -1}]
     committed_ref = ray.put(committed)
-    return (
-        ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        .map_batches(
-            _read_fragments,
-            fn_kwargs={"committed": [committed_ref]},
-            batch_size=1,
-            batch_format="pyarrow",
-        )
-        .repartition(target_num_rows_per_block=block_rows)  # fused into the read task: no shuffle
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _read_fragments, fn_kwargs={"committed": [committed_ref]}, batch_size=1, batch_format="pyarrow"
     )
 
 

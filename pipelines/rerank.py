@@ -199,18 +199,21 @@ def preprocess_stage(
     The content columns leave here unless kept (`keep`) or prefix reuse tokenises the text in the actor."""
     content = [*c.QUERY_CONTENT, *c.CANDIDATE_CONTENT]
     drop = () if cfg.reranker.prefix_reuse else tuple(n for n in content if n not in keep)
+    # A read block is a whole Parquet row group (100,000 rows, say), and what a task outputs leaves it as
+    # one block: preprocessed in one task, such a block would reach the actors only once all of it was
+    # done. Cut into blocks of `block_rows` first (a streaming repartition: no shuffle; it runs in the task
+    # before it, so the blocks leave that task as they are cut), each preprocessed by a task of its own.
+    ds = ds.repartition(target_num_rows_per_block=cfg.pool.block_rows)
     return ds.map_batches(
         preprocess_block,
         fn_kwargs={"spec": cfg.reranker, "drop": drop, "worker_cls": worker_cls},
-        # Whole blocks (the reader emits at most `block_rows` rows each): a batch size here would make Ray
-        # Data bundle blocks until it holds that many rows. One task per block streams blocks to the actors
-        # as each is preprocessed.
+        # Whole blocks: a batch size here would make Ray Data bundle blocks until it holds that many rows.
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=1,
         # A worker holding torch, transformers and the processor. Besides sizing the tasks, the request
-        # keeps this stage out of the read task: fused, a task would preprocess a whole Parquet row group
-        # and hand it on as one block when done, and the actors would wait for it.
+        # keeps this stage out of the task before it: fused, one task would preprocess every block the
+        # repartition cut and hand them on as one block when done.
         memory=PREPROCESS_TASK_MEMORY,
         concurrency=cfg.pool.preprocess_tasks,
         udf_modifying_row_count=False,

@@ -151,7 +151,7 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
         with progress.stage("score", f"{total - len(committed)} of {total} pairs to score"):
             commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats)
             ds = score_pairs(
-                read_keyed_pairs(files, committed, cfg.pool.block_rows),
+                read_keyed_pairs(files, committed),
                 cfg,
                 plan,
                 worker_cls,

@@ -59,6 +59,18 @@ def pinned(spec):
     return replace(spec, revision=commit) if commit else spec
 
 
+HUB_TIMEOUT_S = 10.0  # a driver without network must not stall at start-up resolving a hub id
+
+
+def _transport_error() -> type[Exception]:
+    """The hub client's timeout / connection error class (huggingface_hub 2.x talks through httpx2)."""
+    try:
+        from httpx2 import TransportError
+    except ImportError:
+        return OSError
+    return TransportError
+
+
 def hub_commit(repo_id: str, revision: str | None) -> str | None:
     """The commit a hub id at `revision` resolves to (online, or from the local cache when HF_HUB_OFFLINE
     is set or the hub is unreachable); None when neither knows it."""
@@ -70,9 +82,9 @@ def hub_commit(repo_id: str, revision: str | None) -> str | None:
         try:
             from huggingface_hub import HfApi
 
-            return HfApi().model_info(repo_id, revision=revision).sha
-        except (HfHubHTTPError, OSError, ValueError):
-            pass  # unreachable or unknown: fall back to what the local cache knows
+            return HfApi().model_info(repo_id, revision=revision, timeout=HUB_TIMEOUT_S).sha
+        except (HfHubHTTPError, OSError, ValueError, _transport_error()):
+            pass  # unreachable, timed out or unknown: fall back to what the local cache knows
     try:
         folder = snapshot_download(repo_id, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, OSError, ValueError):

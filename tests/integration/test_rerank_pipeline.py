@@ -63,16 +63,17 @@ def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwe
     )
     worker = counting_worker(str(log_dir))
     manifest = run_rerank(cfg, worker_cls=worker)
-    # Preprocessing runs in CPU tasks of its own, fused neither into the scoring actors nor into the read
-    # (which cuts row groups into blocks of `block_rows`), so each block is preprocessed and handed on alone.
+    # Preprocessing runs in CPU tasks of its own, fused neither into the scoring actors nor into the task
+    # before it (which cuts row groups into blocks of `block_rows`), so each block is preprocessed and
+    # handed on alone.
     capsys.readouterr()
     files = sorted(str(p) for p in pairs.glob("*.parquet"))
-    read = read_keyed_pairs(files, np.array([], np.int64), cfg.pool.block_rows)
+    read = read_keyed_pairs(files, np.array([], np.int64))
     score_pairs(read, cfg, PairsPlan(media=False), worker).explain()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(CountingWorker)]" in physical
     assert "TaskPoolMapOperator[MapBatches(preprocess_block)]" in physical
-    assert "MapBatches(_read_fragments)->StreamingRepartition" in physical
+    assert "MapBatches(validate_pairs)->StreamingRepartition" in physical
 
     seen: dict = {}
     for log in log_dir.glob("*.jsonl"):

@@ -113,3 +113,22 @@ def test_with_the_flag_it_loads_scores_as_predict_and_warns_once(tmp_path, remot
         [(p["query_text"], p["candidate_text"]) for p in PAIRS]
     )
     np.testing.assert_allclose(scored.column("score").to_numpy(), want, atol=1e-5, rtol=0)
+
+
+def test_a_hub_that_does_not_answer_is_not_waited_for(monkeypatch):
+    # No network call: the hub client is stubbed to time out as a driver without network would see it.
+    from huggingface_hub import HfApi
+
+    from pipelines.run_info import HUB_TIMEOUT_S, _transport_error, hub_commit
+
+    asked = {}
+
+    def model_info(self, repo_id, revision=None, timeout=None):
+        asked["timeout"] = timeout
+        raise _transport_error()("timed out")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    # Not in the local cache either: unresolved (the run records the id as unpinned), not a crash or a hang.
+    assert hub_commit("nobody/not-cached-anywhere", None) is None
+    assert asked["timeout"] == HUB_TIMEOUT_S
