@@ -86,7 +86,9 @@ def rank_piece(items: pa.Table, dirs: dict[str, str], top_k: int | None, keep: S
             out["local_ids"].append([])
             continue
         name = path.rsplit("/", 1)[-1]
-        _write(f"{dirs['errors']}/{name}", to_errors(table))
+        errors = to_errors(table)
+        if errors.num_rows:
+            _write(f"{dirs['errors']}/{name}", errors)
         scored = only_scored(table.filter(pa.array(local)), keep)
         if scored.num_rows:
             _write(f"{dirs['ranked']}/{name}", rank_group(scored, top_k, keep))

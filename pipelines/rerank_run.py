@@ -202,6 +202,8 @@ def rank_outputs(pieces: list[str], layout: OutputLayout, cfg, total: int, keep)
         if found is not None:
             local, edge_rows, files = found
             if _rank_edges(local, files, edge_rows, layout, cfg, keep):
+                if not io.exists(layout.errors):  # no piece had an error row: one empty file, as always
+                    _write_one(layout.errors, ERRORS_SCHEMA.empty_table())
                 return {"path": "clustered", "set_aside_rows": edge_rows}
         io.remove(layout.ranked)
         io.remove(layout.errors)

@@ -242,5 +242,20 @@ def test_ranking_paths_agree_clustered_input_needs_no_shuffle(ray_session, tmp_p
     assert got_local == want and got_shuffle == want
     for m in (driver, local, shuffle):
         assert m["counts"]["queries"] == 30 and m["counts"]["ranked_rows"] == 120
-        assert pq.read_table(tmp_path / "local" / "errors").num_rows == 0
+    for name in ("driver", "local", "shuffle"):
+        assert pq.read_table(tmp_path / name / "errors").num_rows == 0
     assert not (tmp_path / "local" / "_edges").exists()
+    # The contract: each query's rows sit together in one file, ordered by rank.
+    for name in ("local", "shuffle"):
+        owner: dict = {}
+        for f in sorted((tmp_path / name / "ranked").glob("*.parquet")):
+            rows = pq.read_table(f).to_pylist()
+            for r in rows:
+                assert owner.setdefault(r["query_id"], f.name) == f.name
+            runs = [
+                (q, [r["rank"] for r in rows if r["query_id"] == q])
+                for q in dict.fromkeys(r["query_id"] for r in rows)
+            ]
+            assert [r["query_id"] for r in rows] == [q for q, ranks in runs for _ in ranks]  # contiguous
+            assert all(ranks == list(range(1, len(ranks) + 1)) for _, ranks in runs)
+        assert len(owner) == 30
