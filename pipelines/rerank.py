@@ -199,10 +199,9 @@ def preprocess_stage(
     The content columns leave here unless kept (`keep`) or prefix reuse tokenises the text in the actor."""
     content = [*c.QUERY_CONTENT, *c.CANDIDATE_CONTENT]
     drop = () if cfg.reranker.prefix_reuse else tuple(n for n in content if n not in keep)
-    # A read block is a whole Parquet row group (100,000 rows, say), and what a task outputs leaves it as
-    # one block: preprocessed in one task, such a block would reach the actors only once all of it was
-    # done. Cut into blocks of `block_rows` first (a streaming repartition: no shuffle; it runs in the task
-    # before it, so the blocks leave that task as they are cut), each preprocessed by a task of its own.
+    # A read block is a whole Parquet row group (100,000 rows, say): preprocessed in one task, it would
+    # reach the actors only once all of it was done. Cut into blocks of `block_rows` first (a streaming
+    # repartition, no shuffle, run in the task before), each preprocessed by a task of its own.
     ds = ds.repartition(target_num_rows_per_block=cfg.pool.block_rows)
     return ds.map_batches(
         preprocess_block,

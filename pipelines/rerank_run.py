@@ -150,14 +150,7 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
     if len(committed) < total:
         with progress.stage("score", f"{total - len(committed)} of {total} pairs to score"):
             commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats)
-            ds = score_pairs(
-                read_keyed_pairs(files, committed),
-                cfg,
-                plan,
-                worker_cls,
-                extra_stages,
-                commit,
-            )
+            ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages, commit)
             t0 = time.perf_counter()
             with progress.Ticker("pairs scored", total, ckpt.committed_rows):
                 try:
@@ -197,27 +190,27 @@ def rank_outputs(pieces: list[str], layout: OutputLayout, cfg, total: int, keep)
     edges_dir = io.join(layout.root, "_edges")
     io.remove(edges_dir)
     dirs = {"ranked": layout.ranked, "errors": layout.errors, "edges": edges_dir}
-    found = rank_clustered(pieces, dirs, cfg.top_k, keep)
     try:
-        if found is not None:
-            local, edge_rows, files = found
-            if _rank_edges(local, files, edge_rows, layout, cfg, keep):
-                if not io.exists(layout.errors):  # no piece had an error row: one empty file, as always
-                    _write_one(layout.errors, ERRORS_SCHEMA.empty_table())
-                return {"path": "clustered", "set_aside_rows": edge_rows}
-        io.remove(layout.ranked)
-        io.remove(layout.errors)
-        fs_out = io.pyarrow_filesystem(cfg.output)
-        scored = ray.data.read_parquet(pieces, filesystem=fs_out)
-        result = rank_scored(scored, top_k=cfg.top_k, keep=keep, num_partitions=rank_partitions(total))
-        result.errors.write_parquet(layout.errors, filesystem=fs_out)
-        result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
-        return {"path": "shuffle"}
+        found = rank_clustered(pieces, dirs, cfg.top_k, keep)
+        if found is not None and _rank_edges(*found, layout, cfg, keep):
+            ranking = {"path": "clustered", "set_aside_rows": found[1]}
+        else:
+            io.remove(layout.ranked)
+            io.remove(layout.errors)
+            fs_out = io.pyarrow_filesystem(cfg.output)
+            scored = ray.data.read_parquet(pieces, filesystem=fs_out)
+            result = rank_scored(scored, top_k=cfg.top_k, keep=keep, num_partitions=rank_partitions(total))
+            result.errors.write_parquet(layout.errors, filesystem=fs_out)
+            result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
+            ranking = {"path": "shuffle"}
     finally:
         io.remove(edges_dir)
+    if not io.exists(layout.errors):  # no error row anywhere: one empty file, as on the driver
+        _write_one(layout.errors, ERRORS_SCHEMA.empty_table())
+    return ranking
 
 
-def _rank_edges(local: set, files: list[str], edge_rows: int, layout, cfg, keep) -> bool:
+def _rank_edges(local: set, edge_rows: int, files: list[str], layout, cfg, keep) -> bool:
     """Rank the rows the clustered path set aside (their error rows are written already): on the driver
     when few, else through a shuffle of those rows alone. False when one of their queries was also ranked
     by a piece's task (the input is not clustered after all); nothing is written then."""

@@ -231,22 +231,26 @@ def test_ranking_paths_agree_clustered_input_needs_no_shuffle(ray_session, tmp_p
         return manifest, rows
 
     driver, want = run(clustered, "driver", 1_000_000)
-    local, got_local = run(clustered, "local", 0)
+    # 150: the 180 pairs rank per piece, the rows set aside (at most 2 queries x 6 rows a run, 2 runs a
+    # piece of 32) on the driver; 0: the rows set aside through a shuffle of their own.
+    local, got_local = run(clustered, "local", 150)
+    local_shuffled_edges, got_local_shuffled_edges = run(clustered, "local_shuffled_edges", 0)
     shuffle, got_shuffle = run(shuffled, "shuffle", 0)
 
     assert driver["ranking"] == {"path": "driver"}
-    assert local["ranking"]["path"] == "clustered"
-    assert 0 < local["ranking"]["set_aside_rows"] < table.num_rows // 2
+    for m in (local, local_shuffled_edges):
+        assert m["ranking"]["path"] == "clustered"
+        assert 0 < m["ranking"]["set_aside_rows"] < table.num_rows // 2
     assert shuffle["ranking"] == {"path": "shuffle"}
     assert len(want) == 30 * 4
-    assert got_local == want and got_shuffle == want
-    for m in (driver, local, shuffle):
+    assert got_local == want and got_local_shuffled_edges == want and got_shuffle == want
+    for m in (driver, local, local_shuffled_edges, shuffle):
         assert m["counts"]["queries"] == 30 and m["counts"]["ranked_rows"] == 120
-    for name in ("driver", "local", "shuffle"):
+    for name in ("driver", "local", "local_shuffled_edges", "shuffle"):
         assert pq.read_table(tmp_path / name / "errors").num_rows == 0
     assert not (tmp_path / "local" / "_edges").exists()
     # The contract: each query's rows sit together in one file, ordered by rank.
-    for name in ("local", "shuffle"):
+    for name in ("local", "local_shuffled_edges", "shuffle"):
         owner: dict = {}
         for f in sorted((tmp_path / name / "ranked").glob("*.parquet")):
             rows = pq.read_table(f).to_pylist()
