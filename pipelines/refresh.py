@@ -349,7 +349,8 @@ class _Night:
         manifest = run_rerank(
             rcfg, worker_cls, extra_stages=[cache.stage], manifest_name=RERANK_MANIFEST, keep_scored=True
         )
-        return {k: manifest.get(k) for k in ("counts", "errors", "tokens", "timings", "throughput", "model")}
+        keys = ("counts", "errors", "tokens", "timings", "throughput", "model", "scoring_actor", "ranking")
+        return {k: manifest.get(k) for k in keys}
 
     def evaluate(self) -> dict:
         try:

@@ -224,9 +224,9 @@ def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):
 def test_killed_night_keeps_latest_then_resumes_incrementally(data, minilm, qwen3_causal, night1):
     _, first = night1
     root = Path(first["root"])
-    # driver_rows=0: night two takes the cluster path of every stage that has a driver path (retrieval, the
-    # score-cache join and append), night one the driver path.
-    cfg = config(data, minilm, qwen3_causal, "corpus2", "night2", driver_rows=0)
+    # driver_rows=0, rank_on_driver_rows=0: night two takes the cluster path of every stage that has a
+    # driver path (retrieval, the score-cache join and append, ranking), night one the driver path.
+    cfg = config(data, minilm, qwen3_causal, "corpus2", "night2", driver_rows=0, rank_on_driver_rows=0)
     with pytest.raises(Exception, match="node lost"):
         run_refresh(cfg, rerank_worker_cls=KilledWorker)
     run = root / "runs" / "night2"
@@ -238,6 +238,9 @@ def test_killed_night_keeps_latest_then_resumes_incrementally(data, minilm, qwen
     assert read_latest(str(root)) == "night2"
     assert manifest["resumed_stages"] == ["embed_corpus", "embed_queries", "retrieve"]
     assert manifest["candidates_clustered_by_query"] is True
+    # The candidates are written query-clustered, so ranking them needs no shuffle.
+    assert manifest["rerank"]["ranking"]["path"] == "clustered"
+    assert 0 < manifest["rerank"]["scoring_actor"]["forward_busy"] <= 1
     counts = manifest["counts"]
     assert (counts["docs_embedded"], counts["docs_reused"], counts["docs_failed"]) == (
         N_DOCS // 10,
