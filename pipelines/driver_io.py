@@ -55,12 +55,14 @@ def iter_blocks(files: list[str], columns: list[str], rows: int) -> Iterator[pa.
                 yield pa.Table.from_batches([batch])
 
 
-def write_file(table: pa.Table, directory: str) -> str:
-    """Write `table` as one new Parquet file `part-<uuid>.parquet` in `directory`; returns its URI."""
+def write_file(table: pa.Table, directory: str, name: str | None = None) -> str:
+    """Write `table` as one Parquet file in `directory` (written aside, then renamed): `name`, replacing
+    a file of that name (a retried task writes the same file again), else a new `part-<uuid>.parquet`.
+    Returns its URI."""
     fs, path = io.filesystem(directory)
     fs.makedirs(path, exist_ok=True)
-    name = uuid.uuid4().hex
-    tmp, final = f"{path}/.tmp-{name}.parquet", f"{path}/part-{name}.parquet"
+    unique = uuid.uuid4().hex
+    tmp, final = f"{path}/.tmp-{unique}.parquet", f"{path}/{name or f'part-{unique}.parquet'}"
     with fs.open(tmp, "wb") as f:
         pq.write_table(table, f)
     fs.mv(tmp, final)

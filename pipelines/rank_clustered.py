@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines import io
+from pipelines.driver_io import write_file
 from pipelines.rank_per_query import rank_group, ranking_columns
 from schemas import columns as c
 
@@ -64,6 +65,16 @@ def split_piece(table: pa.Table) -> tuple[np.ndarray, np.ndarray, bool]:
     return local, ~local, edge_queries <= 2 * int(run_start.sum())
 
 
+def read_for_ranking(uri: str, keep: Sequence[str]) -> pa.Table:
+    """A scored piece's columns that ranking and the errors table need (ids, score, row key, pass-through
+    and kept columns, the error and its stage)."""
+    fs, path = io.filesystem(uri)
+    with fs.open(path, "rb") as f:  # one open: the footer gives the names, then the columns are read
+        piece = pq.ParquetFile(f)
+        wanted = [*ranking_columns(piece.schema_arrow.names, keep), c.ROW_ERROR, c.ROW_STAGE]
+        return piece.read(columns=list(dict.fromkeys(wanted)))
+
+
 def rank_piece(items: pa.Table, dirs: dict[str, str], top_k: int | None, keep: Sequence[str]) -> pa.Table:
     """A `map_batches` function over piece URIs: rank each piece's local queries and write them, the
     piece's error rows and its edge rows under `dirs` ("ranked", "errors", "edges"), named after the
@@ -73,27 +84,22 @@ def rank_piece(items: pa.Table, dirs: dict[str, str], top_k: int | None, keep: S
 
     out = {"local_ids": [], "edges": [], "unclustered": []}
     for uri in items.column("uri").to_pylist():
-        fs, path = io.filesystem(uri)
-        with fs.open(path, "rb") as f:
-            piece = pq.ParquetFile(f)
-            wanted = [*ranking_columns(piece.schema_arrow.names, keep), c.ROW_ERROR, c.ROW_STAGE]
-            table = piece.read(columns=list(dict.fromkeys(wanted)))
+        table = read_for_ranking(uri, keep)
         local, edge, clustered = split_piece(table)
-        unclustered = not clustered
-        out["unclustered"].append(unclustered)
+        out["unclustered"].append(not clustered)
         out["edges"].append(int(edge.sum()))
-        if unclustered:
+        if not clustered:
             out["local_ids"].append([])
             continue
-        name = path.rsplit("/", 1)[-1]
+        name = uri.rsplit("/", 1)[-1]
         errors = to_errors(table)
         if errors.num_rows:
-            _write(f"{dirs['errors']}/{name}", errors)
+            write_file(errors, dirs["errors"], name)
         scored = only_scored(table.filter(pa.array(local)), keep)
         if scored.num_rows:
-            _write(f"{dirs['ranked']}/{name}", rank_group(scored, top_k, keep))
+            write_file(rank_group(scored, top_k, keep), dirs["ranked"], name)
         if edge.any():
-            _write(f"{dirs['edges']}/{name}", table.filter(pa.array(edge)))
+            write_file(table.filter(pa.array(edge)), dirs["edges"], name)
         out["local_ids"].append(pc.unique(scored.column(c.QUERY_ID)).to_pylist())
     return pa.table(
         {
@@ -123,8 +129,8 @@ def rank_clustered(pieces: list[str], dirs: dict[str, str], top_k: int | None, k
         return None
     local: set[str] = set()
     for r in results:
-        ids = r["local_ids"] or []
-        if not local.isdisjoint(ids) or len(set(ids)) != len(ids):
+        ids = r["local_ids"] or []  # unique within a piece
+        if not local.isdisjoint(ids):
             return None  # a query ranked by two tasks: its rows are not contiguous in one file
         local.update(ids)
     edge_rows = sum(r["edges"] for r in results)
@@ -135,10 +141,3 @@ def rank_clustered(pieces: list[str], dirs: dict[str, str], top_k: int | None, k
 def edges_are_apart(local: set[str], edge_query_ids: pa.Array) -> bool:
     """True when no query of the set-aside rows was also ranked by a piece's task."""
     return local.isdisjoint(pc.unique(edge_query_ids).to_pylist())
-
-
-def _write(uri: str, table: pa.Table) -> None:
-    fs, path = io.filesystem(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)

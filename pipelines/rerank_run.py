@@ -27,8 +27,9 @@ from actors.quarantine import describe_stuck
 from actors.reranker import RerankWorker
 from pipelines import io, progress
 from pipelines.checkpoint import Checkpoint, commit_piece
-from pipelines.rank_clustered import edges_are_apart, rank_clustered
-from pipelines.rank_per_query import rank_group, ranking_columns
+from pipelines.driver_io import read_files, write_file
+from pipelines.rank_clustered import edges_are_apart, rank_clustered, read_for_ranking
+from pipelines.rank_per_query import rank_group
 from pipelines.read_pairs import read_keyed_pairs
 from pipelines.rerank import (
     OutputLayout,
@@ -206,7 +207,7 @@ def rank_outputs(pieces: list[str], layout: OutputLayout, cfg, total: int, keep)
     finally:
         io.remove(edges_dir)
     if not io.exists(layout.errors):  # no error row anywhere: one empty file, as on the driver
-        _write_one(layout.errors, ERRORS_SCHEMA.empty_table())
+        write_file(ERRORS_SCHEMA.empty_table(), layout.errors, "part-0.parquet")
     return ranking
 
 
@@ -222,8 +223,7 @@ def _rank_edges(local: set, edge_rows: int, files: list[str], layout, cfg, keep)
             return False
         _rank_on_driver(table, layout, cfg.top_k, keep, errors=False, name="part-edges.parquet")
         return True
-    ids = pa.concat_arrays([_read_column(f, c.QUERY_ID) for f in files])
-    if not edges_are_apart(local, ids):
+    if not edges_are_apart(local, read_files(files, [c.QUERY_ID]).column(c.QUERY_ID)):
         return False
     fs_out = io.pyarrow_filesystem(cfg.output)
     edges = rank_scored(
@@ -238,20 +238,8 @@ def _rank_edges(local: set, edge_rows: int, files: list[str], layout, cfg, keep)
 
 def _read_pieces(pieces: list[str], keep) -> pa.Table | None:
     """The pieces' rows, with only the columns ranking and the errors table need."""
-    tables = []
-    for uri in pieces:
-        fs, path = io.filesystem(uri)
-        with fs.open(path, "rb") as f:
-            piece = pq.ParquetFile(f)
-            wanted = [*ranking_columns(piece.schema_arrow.names, keep), c.ROW_ERROR, c.ROW_STAGE]
-            tables.append(piece.read(columns=list(dict.fromkeys(wanted))))
+    tables = [read_for_ranking(uri, keep) for uri in pieces]
     return pa.concat_tables(tables, promote_options="default") if tables else None
-
-
-def _read_column(uri: str, name: str) -> pa.Array:
-    fs, path = io.filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=[name]).column(name).combine_chunks()
 
 
 def _rank_on_driver(
@@ -261,17 +249,10 @@ def _rank_on_driver(
     file."""
     if errors:
         table = to_errors(scored) if scored is not None else ERRORS_SCHEMA.empty_table()
-        _write_one(layout.errors, table)
+        write_file(table, layout.errors, "part-0.parquet")
     ranked = only_scored(scored, keep) if scored is not None else None
     if ranked is not None and ranked.num_rows:
-        _write_one(layout.ranked, rank_group(ranked, top_k, keep), name)
-
-
-def _write_one(folder: str, table: pa.Table, name: str = "part-0.parquet") -> None:
-    fs, path = io.filesystem(folder)
-    fs.makedirs(path, exist_ok=True)
-    with fs.open(f"{path}/{name}", "wb") as f:
-        pq.write_table(table, f)
+        write_file(rank_group(ranked, top_k, keep), layout.ranked, name)
 
 
 def _ranked_counts(ranked: str) -> tuple[int, int]:
