@@ -95,6 +95,10 @@ class BenchConfig:
     scale: int | None = setting(
         None, metavar="N", help="instead: N pairs by CrossEncoder.predict vs python -m jobs.rerank (scale.py)"
     )
+    shards: int = setting(8, help="Parquet files the --scale and --simulate-rates pairs are written as")
+    row_group_rows: int | None = setting(
+        None, help="rows per Parquet row group of those files (default: one row group a file)"
+    )
     simulate_rates: str | None = setting(
         None, metavar="R1,R2,...", help="instead: a simulated accelerator at these pairs/s (scale.py)"
     )
@@ -107,7 +111,7 @@ class BenchConfig:
 
     def validate(self) -> BenchConfig:
         at_least(self, 2, "num_pairs", "fast_path_pairs")
-        at_least(self, 1, "rounds", "per_query", "pair_tokens", "scale")
+        at_least(self, 1, "rounds", "per_query", "pair_tokens", "scale", "shards", "row_group_rows")
         if sum(x is not None for x in (self.scale, self.simulate_rates, self.sweep)) > 1:
             raise SettingError("scale", "pass one of --scale, --simulate-rates, --sweep")
         scale.parse_rates(self.simulate_rates)

@@ -1,7 +1,7 @@
 """Two benchmark modes where the model is cheap next to the CPU work around it (a 0.6B reranker on an H100):
 
-- `--scale N`: N pairs (`--per-query` candidates per query, skewed lengths, 8 Parquet shards) scored by a tiny
-  random Llama reranker, `CrossEncoder.predict` (batch 32) against `python -m jobs.rerank` end to end (its
+- `--scale N`: N pairs (`--per-query` candidates per query, skewed lengths, `--shards` Parquet files)
+  scored by a tiny random Llama reranker, `CrossEncoder.predict` (batch 32) against `python -m jobs.rerank` end to end (its
   own process: Ray start-up, preprocessing, scoring, ranking, writing), side by side in one run.
 - `--simulate-rates R1,R2,...`: the pipeline with a scorer double whose forward sleeps (releasing the GIL, as
   a GPU kernel does) for a fixed time per padded token, set so that it scores R pairs/s at the set's mean
@@ -29,7 +29,6 @@ from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder
 from jobs.bench.data import skewed_pairs
 from schemas.settings import SettingError
 
-SHARDS = 8
 SAMPLE_PAIRS = 2000  # pairs preprocessed on the driver to learn the mean token count
 
 
@@ -46,11 +45,15 @@ def parse_rates(text: str | None) -> list[float]:
     return rates
 
 
-def write_shards(table: pa.Table, directory: str, shards: int = SHARDS) -> str:
+def write_shards(table: pa.Table, directory: str, shards: int, row_group_rows: int | None = None) -> str:
+    """`table` as `shards` Parquet files in order, each one row group (or groups of `row_group_rows`)."""
     os.makedirs(directory, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, shards + 1).astype(int)
     for i in range(shards):
-        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), f"{directory}/part-{i}.parquet")
+        part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+        pq.write_table(
+            part, f"{directory}/part-{i}.parquet", row_group_size=row_group_rows or max(len(part), 1)
+        )
     return directory
 
 
@@ -102,14 +105,28 @@ def rerank_run(model: str, pairs: str, output: str, rows: int, args: list[str]) 
     }
 
 
+def job_args(pool, batch_tokens: int, threads: int) -> list[str]:
+    """The benchmark's pool and budget settings as `jobs.rerank` flags, so `--scale` runs the job as set."""
+    args = ["--torch-threads", str(threads), "--batch-tokens", str(batch_tokens)]
+    for flag, value in (
+        ("--actors", pool.actors),
+        ("--cpus-per-actor", pool.cpus_per_actor),
+        ("--block-rows", pool.block_rows),
+        ("--preprocess-tasks", pool.preprocess_tasks),
+    ):
+        if value is not None:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return args
+
+
 def run_scale(cfg, model: str) -> dict:
     """`--scale`: predict vs jobs.rerank, interleaved over `cfg.rounds`; medians."""
     table = skewed_pairs(cfg.scale, cfg.per_query, cfg.lengths, cfg.seed)
     root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-scale-")
-    pairs = write_shards(table, os.path.join(root, "pairs"))
+    pairs = write_shards(table, os.path.join(root, "pairs"), cfg.shards, cfg.row_group_rows)
     threads = os.cpu_count() or 1  # predict gets every core, as a user would run it
     actor_threads = cfg.pool.torch_threads or threads  # the actor shares the cores with preprocessing
-    args = ["--torch-threads", str(actor_threads), "--progress-interval", "0"]
+    args = [*job_args(cfg.pool, cfg.reranker.batch_tokens, actor_threads), "--progress-interval", "0"]
     runs: dict[str, list[dict]] = {"predict": [], "rerank": []}
     try:
         for r in range(cfg.rounds):
@@ -136,9 +153,11 @@ def run_scale(cfg, model: str) -> dict:
         "mode": "scale",
         "pairs": table.num_rows,
         "queries": table.num_rows // cfg.per_query,
-        "shards": SHARDS,
+        "shards": cfg.shards,
+        "row_group_rows": cfg.row_group_rows,
         "model": model,
         "torch_threads": {"predict": threads, "rerank_actor": actor_threads},
+        "rerank_args": args,
         "pairs_per_s": median,
         "ratio_end_to_end_vs_predict": median["rerank_end_to_end"] / median["predict"],
         "runs": runs,
@@ -190,7 +209,7 @@ def run_simulation(cfg, model: str, rates: list[float]) -> dict:
     table = skewed_pairs(cfg.num_pairs, cfg.per_query, cfg.lengths, cfg.seed)
     tokens = mean_tokens(model, table)
     root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-simulate-")
-    pairs = write_shards(table, os.path.join(root, "pairs"))
+    pairs = write_shards(table, os.path.join(root, "pairs"), cfg.shards, cfg.row_group_rows)
     results = {}
     try:
         for rate in rates:

@@ -123,3 +123,17 @@ def test_report_has_the_figures_and_scores_equal_predict(qwen3_causal, tmp_path,
     assert short["mean_tokens_per_pair"] < full["mean_tokens_per_pair"]
     text = summary(report)
     assert "ratios (steady, medians): rank_loop" in text and "CPU targets:" in text
+
+
+def test_scale_runs_the_rerank_job_with_the_benchmarks_pool_settings():
+    from actors.pool import PoolSpec
+    from jobs.bench.scale import job_args
+    from jobs.rerank import build_parser
+
+    pool = PoolSpec(actors=2, cpus_per_actor=0.5, block_rows=1024, preprocess_tasks=3)
+    argv = ["--pairs", "p", "--output", "o", "--model", "m", *job_args(pool, 4096, threads=1)]
+    cfg = build_parser().config(build_parser().parse_args(argv))
+    assert cfg.pool == PoolSpec(
+        actors=2, cpus_per_actor=0.5, block_rows=1024, preprocess_tasks=3, torch_threads=1
+    )
+    assert cfg.reranker.batch_tokens == 4096
