@@ -132,3 +132,28 @@ def test_a_hub_that_does_not_answer_is_not_waited_for(monkeypatch):
     # Not in the local cache either: unresolved (the run records the id as unpinned), not a crash or a hang.
     assert hub_commit("nobody/not-cached-anywhere", None) is None
     assert asked["timeout"] == HUB_TIMEOUT_S
+
+
+def test_a_pinned_hub_id_is_resolved_once_per_run(monkeypatch):
+    # No network call: the hub client is stubbed. `pinned` resolves the id; identity and manifest reuse it.
+    from huggingface_hub import HfApi
+
+    from actors.reranker import RerankerSpec
+    from pipelines.run_info import model_fingerprint, pinned
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    calls = []
+
+    def model_info(self, repo_id, revision=None, timeout=None):
+        calls.append((repo_id, revision))
+        return type("Info", (), {"sha": commit})()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    spec = pinned(RerankerSpec(model="someone/reranker"))
+    assert spec.revision == commit
+    assert model_fingerprint(spec.model, spec.revision) == {
+        "revision": commit,
+        "fingerprint": f"hub:{commit}",
+    }
+    assert calls == [("someone/reranker", None)]
