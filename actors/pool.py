@@ -27,7 +27,9 @@ class PoolSpec:
     preprocess_tasks: int | None = setting(
         None,
         help="concurrent CPU tasks preprocessing pairs (tokenise, template, process media) ahead of the "
-        "actors (default: as many as the cluster's free CPUs allow)",
+        "actors (default: as many as the cluster's free CPUs allow); 0: each actor preprocesses its own "
+        "blocks before their forward, for CPU-only pools, where a separate stage only competes for the "
+        "same cores",
     )
     max_restarts: int = setting(
         3, help="times Ray restarts a crashed actor (OOM, lost node) before the stage fails; -1: forever"
@@ -37,7 +39,8 @@ class PoolSpec:
     )
 
     def validate(self) -> PoolSpec:
-        at_least(self, 1, "actors", "block_rows", "torch_threads", "preprocess_tasks")
+        at_least(self, 1, "actors", "block_rows", "torch_threads")
+        at_least(self, 0, "preprocess_tasks")
         at_least(self, 0, "gpus_per_actor", "cpus_per_actor")
         at_least(self, -1, "max_restarts", "max_task_retries")
         return self

@@ -157,12 +157,13 @@ class RerankWorker:
 
     # -- the Ray Data entry point ----------------------------------------------------------------
 
-    def __call__(self, table: pa.Table, attempts_dir: str | None = None, commit=None) -> pa.Table:
+    def __call__(self, table: pa.Table, attempts_dir: str | None = None, commit=None, drop=()) -> pa.Table:
         """Score a block. `attempts_dir`: where blocks being scored leave a marker, so that a block whose
         scoring kills the actor is bisected on its retries (`actors.quarantine`); None: no markers.
         `commit`: a function that makes the scored block durable (a checkpoint piece) and returns what the
         stage outputs instead of the rows; it runs here, as the block's last step, so a block is committed
-        as soon as it is scored."""
+        as soon as it is scored. `drop`: more columns to leave out of the output (the content columns,
+        when this actor preprocessed the block)."""
         self.clock = _Clock()
         n = table.num_rows
         errors = RowErrors(table, "score")
@@ -203,7 +204,7 @@ class RerankWorker:
             guard.finish()
         t_write = time.perf_counter()
         # Features and decoded media stay here: the scored rows carry ids, scores and references.
-        drop = [*PAYLOAD_COLUMNS, c.ROW_INPUT_IDS, c.ROW_FEATURES]
+        drop = [*PAYLOAD_COLUMNS, c.ROW_INPUT_IDS, c.ROW_FEATURES, *drop]
         out = table.drop_columns([name for name in table.column_names if name in drop])
         ok = np.asarray([errors.ok(i) for i in range(n)], dtype=bool)
         columns = {

@@ -241,3 +241,24 @@ def _file_stamp(uri: str) -> list:
     fs, path = io.filesystem(uri)
     info = fs.info(path)
     return [uri, info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))]
+
+
+def media_columns_with_values(files: list[str], columns: Sequence[str]) -> list[str]:
+    """The media columns (of `columns`) that hold at least one reference in `files`, from Parquet
+    statistics (no data read); a column without statistics counts as holding values."""
+    found: set[str] = set()
+    for uri in files:
+        fs, path = io.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+        for j, name in enumerate(names):
+            if name not in columns or name in found:
+                continue
+            for g in range(meta.num_row_groups):
+                group = meta.row_group(g)
+                stats = group.column(j).statistics
+                if stats is None or not stats.has_null_count or stats.null_count < group.num_rows:
+                    found.add(name)
+                    break
+    return [name for name in columns if name in found]

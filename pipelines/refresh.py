@@ -39,10 +39,10 @@ from pipelines.publish import (
     publish_latest,
     read_latest,
 )
-from pipelines.readers import FileFormat
+from pipelines.readers import FileFormat, media_columns_with_values
 from pipelines.refresh_inputs import Inputs, check_inputs, check_settings, qrels_path, stage_inputs
 from pipelines.refresh_manifest import night_manifest
-from pipelines.rerank import Mode, RerankConfig, check_run_id, media_columns_with_values
+from pipelines.rerank import Mode, RerankConfig, check_run_id
 from pipelines.rerank_run import run_rerank
 from pipelines.retrieve import METRICS, Metric, retrieve
 from pipelines.run_info import resolved_dtype, value_key

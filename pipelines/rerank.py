@@ -24,7 +24,15 @@ from actors.reranker import RerankerSpec, RerankWorker
 from pipelines import io
 from pipelines.model_access import check_remote_code, warn_remote_code
 from pipelines.rank_per_query import RANK, rank_group, ranking_columns
-from pipelines.readers import FORMATS, FileFormat, Source, open_source, parse_columns, stage_copy
+from pipelines.readers import (
+    FORMATS,
+    FileFormat,
+    Source,
+    media_columns_with_values,
+    open_source,
+    parse_columns,
+    stage_copy,
+)
 from pipelines.stages import MEDIA, SCORE, check_chain
 from pipelines.validate_pairs import VALIDATE, check_keep_columns, resolve_keep, validate_pairs
 from schemas import columns as c
@@ -192,20 +200,27 @@ def pairs_files(plan: PairsPlan, layout: OutputLayout) -> list[str]:
 PREPROCESS_TASK_MEMORY = 1 << 30  # peak RSS of a preprocess worker, SmolLM2, 2,048-row blocks: 1.0 GiB
 
 
+def content_drop(cfg: RerankConfig, keep: Sequence[str]) -> tuple[str, ...]:
+    """The content columns that leave once preprocessed: all but the kept (`keep`), none when prefix
+    reuse tokenises the text in the actor."""
+    content = [*c.QUERY_CONTENT, *c.CANDIDATE_CONTENT]
+    return () if cfg.reranker.prefix_reuse else tuple(n for n in content if n not in keep)
+
+
 def preprocess_stage(
     ds: ray.data.Dataset, cfg: RerankConfig, keep: Sequence[str] = (), worker_cls=RerankWorker
 ) -> ray.data.Dataset:
-    """Each pair's features, made once in CPU tasks ahead of the scoring actors (`actors.preprocess`).
-    The content columns leave here unless kept (`keep`) or prefix reuse tokenises the text in the actor."""
-    content = [*c.QUERY_CONTENT, *c.CANDIDATE_CONTENT]
-    drop = () if cfg.reranker.prefix_reuse else tuple(n for n in content if n not in keep)
+    """Each pair's features, made once in CPU tasks ahead of the scoring actors (`actors.preprocess`),
+    content columns dropped (`content_drop`); with `preprocess_tasks` 0 the actors make them instead."""
     # A read block is a whole Parquet row group (100,000 rows, say): preprocessed in one task, it would
     # reach the actors only once all of it was done. Cut into blocks of `block_rows` first (a streaming
     # repartition, no shuffle, run in the task before), each preprocessed by a task of its own.
     ds = ds.repartition(target_num_rows_per_block=cfg.pool.block_rows)
+    if cfg.pool.preprocess_tasks == 0:
+        return ds
     return ds.map_batches(
         preprocess_block,
-        fn_kwargs={"spec": cfg.reranker, "drop": drop, "worker_cls": worker_cls},
+        fn_kwargs={"spec": cfg.reranker, "drop": content_drop(cfg, keep), "worker_cls": worker_cls},
         # Whole blocks: a batch size here would make Ray Data bundle blocks until it holds that many rows.
         batch_size=None,
         batch_format="pyarrow",
@@ -225,14 +240,15 @@ def attempts_dir(output: str | None) -> str | None:
 
 
 def score_stage(
-    ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker, commit=None
+    ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker, commit=None, drop=()
 ) -> ray.data.Dataset:
     """The scoring actors. With `commit` (see `RerankWorker.__call__`) each actor commits the blocks it
-    scores itself and the stage outputs what `commit` returns (a row count per block)."""
+    scores itself and the stage outputs what `commit` returns (a row count per block); `drop`: columns
+    the actor removes from its output."""
     return ds.map_batches(
         worker_cls,
         fn_constructor_kwargs={"spec": cfg.reranker, "torch_threads": cfg.pool.torch_threads},
-        fn_kwargs={"attempts_dir": attempts_dir(cfg.output), "commit": commit},
+        fn_kwargs={"attempts_dir": attempts_dir(cfg.output), "commit": commit, "drop": drop},
         batch_format="pyarrow",
         udf_modifying_row_count=commit is not None,
         **cfg.pool.actor_options(),
@@ -252,29 +268,6 @@ def rank_partitions(rows: int) -> int:
             -(-rows // ROWS_PER_RANK_PARTITION),
         ),
     )
-
-
-def media_columns_with_values(files: list[str], columns: list[str] = MEDIA_COLUMNS) -> list[str]:
-    """The media columns (of `columns`) that hold at least one reference in `files`, from Parquet
-    statistics (no data read); a column without statistics counts as holding values."""
-    import pyarrow.parquet as pq
-
-    found: set[str] = set()
-    for uri in files:
-        fs, path = io.filesystem(uri)
-        with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-        names = [meta.schema.column(j).name for j in range(meta.num_columns)]
-        for j, name in enumerate(names):
-            if name not in columns or name in found:
-                continue
-            for g in range(meta.num_row_groups):
-                group = meta.row_group(g)
-                stats = group.column(j).statistics
-                if stats is None or not stats.has_null_count or stats.null_count < group.num_rows:
-                    found.add(name)
-                    break
-    return [name for name in columns if name in found]
 
 
 MEDIA_TASK_MEMORY = MediaSpec().task_memory()  # bytes a media task reserves with the default media settings
@@ -378,7 +371,8 @@ def score_pairs(
         ds = stage(ds)
     if plan.media:
         ds = media_stage(ds, cfg)
-    return score_stage(preprocess_stage(ds, cfg, plan.keep, worker_cls), cfg, worker_cls, commit)
+    in_actor = content_drop(cfg, plan.keep) if cfg.pool.preprocess_tasks == 0 else ()
+    return score_stage(preprocess_stage(ds, cfg, plan.keep, worker_cls), cfg, worker_cls, commit, in_actor)
 
 
 def rank_scored(

@@ -50,7 +50,9 @@ def counting_worker(log_dir):
     return CountingWorker
 
 
-def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwen3_causal, capsys):
+@pytest.mark.parametrize("preprocess_tasks", [None, 0])
+def test_each_pair_is_preprocessed_once(ray_session, tmp_path, qwen3_causal, capsys, preprocess_tasks):
+    # None: off the actor, in CPU tasks of their own (the default); 0: in the actor, before its forward.
     table = adversarial_pairs()
     pairs = write_shards(table, tmp_path / "pairs", shards=3)
     log_dir = tmp_path / "calls"
@@ -59,7 +61,7 @@ def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwe
         pairs=str(pairs),
         output=str(tmp_path / "out"),
         reranker=RerankerSpec(model=str(qwen3_causal), max_length=64, batch_tokens=300),
-        pool=PoolSpec(block_rows=16),
+        pool=PoolSpec(block_rows=16, preprocess_tasks=preprocess_tasks),
     )
     worker = counting_worker(str(log_dir))
     manifest = run_rerank(cfg, worker_cls=worker)
@@ -72,8 +74,8 @@ def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwe
     score_pairs(read, cfg, PairsPlan(media=False), worker).explain()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(CountingWorker)]" in physical
-    assert "TaskPoolMapOperator[MapBatches(preprocess_block)]" in physical
     assert "MapBatches(validate_pairs)->StreamingRepartition" in physical
+    assert ("TaskPoolMapOperator[MapBatches(preprocess_block)]" in physical) == (preprocess_tasks is None)
 
     seen: dict = {}
     for log in log_dir.glob("*.jsonl"):
@@ -96,6 +98,10 @@ def test_each_pair_is_preprocessed_once_off_the_actor(ray_session, tmp_path, qwe
     assert actor["forward_s"] > 0 and actor["collate_s"] > 0 and actor["write_back_s"] > 0
     assert abs(actor["collate_share"] + actor["forward_share"] + actor["write_back_share"] - 1) < 1e-9
     assert 0 < actor["forward_busy"] <= 1
+    if preprocess_tasks == 0:  # the actor's one process did it all, and the texts left with the features
+        assert len(list(log_dir.glob("*.jsonl"))) == 1
+        scored = score_pairs(read, cfg, PairsPlan(media=False), worker).take(1)[0]
+        assert "query_text" not in scored and "candidate_text" not in scored and "score" in scored
 
 
 def expected_scores(model_dir, table, prompt=None, max_length=None):

@@ -343,7 +343,8 @@ def test_build_pairs_uses_payloads_and_explains_unsupported_media(media):
 def test_media_stage_runs_only_when_media_columns_hold_values(tmp_path):
     import pyarrow.parquet as pq
 
-    from pipelines.rerank import media_columns_with_values
+    from actors.media_loader import MEDIA_COLUMNS
+    from pipelines.readers import media_columns_with_values
 
     text_only = pa.table(
         {"query_text": ["q"], "candidate_text": ["d"], "candidate_image": pa.nulls(1, pa.string())}
@@ -351,6 +352,6 @@ def test_media_stage_runs_only_when_media_columns_hold_values(tmp_path):
     with_media = pa.table({"query_text": ["q", "q"], "candidate_image": [None, "s3://b/x.png"]})
     pq.write_table(text_only, tmp_path / "a.parquet")
     pq.write_table(with_media, tmp_path / "b.parquet")
-    assert media_columns_with_values([str(tmp_path / "a.parquet")]) == []
+    assert media_columns_with_values([str(tmp_path / "a.parquet")], MEDIA_COLUMNS) == []
     files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
-    assert media_columns_with_values(files) == ["candidate_image"]
+    assert media_columns_with_values(files, MEDIA_COLUMNS) == ["candidate_image"]
