@@ -162,8 +162,8 @@ class RerankWorker:
         scoring kills the actor is bisected on its retries (`actors.quarantine`); None: no markers.
         `commit`: a function that makes the scored block durable (a checkpoint piece) and returns what the
         stage outputs instead of the rows; it runs here, as the block's last step, so a block is committed
-        as soon as it is scored. `drop`: more columns to leave out of the output (the content columns,
-        when this actor preprocessed the block)."""
+        as soon as it is scored. `drop`: more columns to leave out of the output where present (the content
+        columns, still here when this actor preprocessed the block)."""
         self.clock = _Clock()
         n = table.num_rows
         errors = RowErrors(table, "score")

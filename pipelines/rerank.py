@@ -208,10 +208,10 @@ def content_drop(cfg: RerankConfig, keep: Sequence[str]) -> tuple[str, ...]:
 
 
 def preprocess_stage(
-    ds: ray.data.Dataset, cfg: RerankConfig, keep: Sequence[str] = (), worker_cls=RerankWorker
+    ds: ray.data.Dataset, cfg: RerankConfig, drop: Sequence[str] = (), worker_cls=RerankWorker
 ) -> ray.data.Dataset:
     """Each pair's features, made once in CPU tasks ahead of the scoring actors (`actors.preprocess`),
-    content columns dropped (`content_drop`); with `preprocess_tasks` 0 the actors make them instead."""
+    the columns `drop` removed; with `preprocess_tasks` 0 the actors do both instead."""
     # A read block is a whole Parquet row group (100,000 rows, say): preprocessed in one task, it would
     # reach the actors only once all of it was done. Cut into blocks of `block_rows` first (a streaming
     # repartition, no shuffle, run in the task before), each preprocessed by a task of its own.
@@ -220,7 +220,7 @@ def preprocess_stage(
         return ds
     return ds.map_batches(
         preprocess_block,
-        fn_kwargs={"spec": cfg.reranker, "drop": content_drop(cfg, keep), "worker_cls": worker_cls},
+        fn_kwargs={"spec": cfg.reranker, "drop": tuple(drop), "worker_cls": worker_cls},
         # Whole blocks: a batch size here would make Ray Data bundle blocks until it holds that many rows.
         batch_size=None,
         batch_format="pyarrow",
@@ -371,8 +371,9 @@ def score_pairs(
         ds = stage(ds)
     if plan.media:
         ds = media_stage(ds, cfg)
-    in_actor = content_drop(cfg, plan.keep) if cfg.pool.preprocess_tasks == 0 else ()
-    return score_stage(preprocess_stage(ds, cfg, plan.keep, worker_cls), cfg, worker_cls, commit, in_actor)
+    # The actors drop the same columns: a no-op after the preprocess stage, needed when they preprocess.
+    drop = content_drop(cfg, plan.keep)
+    return score_stage(preprocess_stage(ds, cfg, drop, worker_cls), cfg, worker_cls, commit, drop)
 
 
 def rank_scored(

@@ -76,11 +76,11 @@ def hub_commit(repo_id: str, revision: str | None) -> str | None:
     """The commit a hub id at `revision` resolves to (online, or from the local cache when HF_HUB_OFFLINE
     is set or the hub is unreachable); None when neither knows it. A full commit hash is already that, so
     a spec pinned once (`pinned`) is not resolved again for the run's identity and manifest."""
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
 
-    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if not offline:
         try:
