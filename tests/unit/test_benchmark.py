@@ -137,3 +137,18 @@ def test_scale_runs_the_rerank_job_with_the_benchmarks_pool_settings():
         actors=2, cpus_per_actor=0.5, block_rows=1024, preprocess_tasks=3, torch_threads=1
     )
     assert cfg.reranker.batch_tokens == 4096
+
+
+def test_scale_shards_keep_every_pair_in_order_with_the_row_groups_asked(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.bench.scale import write_shards
+
+    table = skewed_pairs(100, per_query=10, seed=1)
+    one = write_shards(table, str(tmp_path / "one"), shards=3)
+    grouped = write_shards(table, str(tmp_path / "grouped"), shards=3, row_group_rows=10)
+    for directory, groups in ((one, [1, 1, 1]), (grouped, [4, 4, 4])):
+        files = [f"{directory}/part-{i}.parquet" for i in range(3)]
+        assert [pq.ParquetFile(f).num_row_groups for f in files] == groups  # 33/33/34 rows a file
+        assert pa.concat_tables(pq.read_table(f) for f in files).equals(table)
