@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,7 +167,7 @@ class TimedRerankWorker(RerankWorker):
         super().__init__(spec, torch_threads)
         self.score_batch(self.featurize([("warm-up query", "warm-up document")])[0])
         self._clock = ray.get_actor(CLOCK_NAME, namespace=CLOCK_NAMESPACE)
-        ray.get(self._clock.record.remote("ready", started, time.time(), 0, 0.0, os.nice(0)))
+        ray.get(self._clock.record.remote("ready", started, time.time(), 0, 0.0, os.nice(0), os.getpid()))
 
     def __call__(self, table: pa.Table, **kwargs) -> pa.Table:
         import ray
@@ -174,7 +175,9 @@ class TimedRerankWorker(RerankWorker):
         started, cpu = time.time(), time.process_time()
         out = super().__call__(table, **kwargs)
         ended, cpu = time.time(), time.process_time() - cpu
-        ray.get(self._clock.record.remote("block", started, ended, table.num_rows, cpu, os.nice(0)))
+        ray.get(
+            self._clock.record.remote("block", started, ended, table.num_rows, cpu, os.nice(0), os.getpid())
+        )
         return out
 
 
@@ -186,8 +189,10 @@ def _clock():
         def __init__(self):
             self.events: list = []
 
-        def record(self, kind: str, start: float, end: float, rows: int, cpu: float, nice: int) -> None:
-            self.events.append((kind, start, end, rows, cpu, nice))
+        def record(
+            self, kind: str, start: float, end: float, rows: int, cpu: float, nice: int, pid: int
+        ) -> None:
+            self.events.append((kind, start, end, rows, cpu, nice, pid))
 
         def drain(self) -> list:
             events, self.events = self.events, []
@@ -208,8 +213,15 @@ def pipeline(cfg, work: Workload, pairs_dir: str, output: str) -> Timed:
     clock = _clock()
     ray.get(clock.drain.remote())
     run_cfg = dataclasses.replace(cfg, pairs=pairs_dir, output=output)
+    # Dispatch only once every actor is up: a pool whose first actor is ready alone takes up to two blocks
+    # in flight, and on a set of a few blocks the other actors would then sit idle through the steady span.
+    context = ray.data.DataContext.get_current()
+    wait, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 600
     started = time.time()
-    manifest = run_rerank(run_cfg, worker_cls=TimedRerankWorker)
+    try:
+        manifest = run_rerank(run_cfg, worker_cls=TimedRerankWorker)
+    finally:
+        context.wait_for_min_actors_s = wait
     ended = time.time()
     events = ray.get(clock.drain.remote())
     ready = [e for e in events if e[0] == "ready"]
@@ -230,6 +242,7 @@ def pipeline(cfg, work: Workload, pairs_dir: str, output: str) -> Timed:
         "actors_ready": len(ready),
         "actor_niceness": sorted({e[5] for e in ready}),
         "blocks": len(blocks),
+        "blocks_per_actor": sorted(Counter(e[6] for e in blocks).values()),
         "manifest_padding_efficiency": manifest["tokens"]["padding_efficiency"],
     }
     cpu = float(sum(e[4] for e in blocks))  # the actors' own processes only, not Ray's

@@ -58,7 +58,8 @@ class BenchConfig:
     )
     pool: PoolSpec = setting(
         default_factory=PoolSpec,
-        help="pipeline actor pool (torch threads default to every core on CPU, driver and actors)",
+        help="pipeline actor pool (on CPU, each actor's torch threads default to the cores shared out among "
+        "the actors; (a)-(c) always use every core)",
     )
     model_config: str | None = setting(
         None,
@@ -144,13 +145,21 @@ class BenchConfig:
 
     @property
     def threads(self) -> int | None:
-        return self.pool.torch_threads or (os.cpu_count() if self.on_cpu else None)
+        """torch threads of (a)-(c), in the driver: every core on CPU, as a user's own loop would run."""
+        return os.cpu_count() if self.on_cpu else None
+
+    @property
+    def actor_threads(self) -> int | None:
+        """Each pipeline actor's: --torch-threads, else on CPU the cores shared out among the actors."""
+        if self.pool.torch_threads or not self.on_cpu:
+            return self.pool.torch_threads
+        return max(1, (os.cpu_count() or 1) // self.pool.actors)
 
     def rerank_config(self) -> RerankConfig:
         pool = replace(
             self.pool,
             gpus_per_actor=0.0 if self.on_cpu else self.pool.gpus_per_actor,
-            torch_threads=self.threads,
+            torch_threads=self.actor_threads,
         )
         return RerankConfig(pairs="", output="", reranker=self.reranker, pool=pool)
 
@@ -295,6 +304,7 @@ def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: di
     pipe["pairs_per_s_excl_startup"] = n / pipe["excl_startup_s_median"]
     pipe["pairs_per_s_steady"] = n / pipe["scoring_span_s_median"]
     pipe["pairs_per_s_basis"] = "steady: pairs / (last block end - first block start) inside the actors"
+    pipe["blocks_per_actor_rounds"] = [e.get("blocks_per_actor") for e in extras]
 
     def ratios(key: str, other: str = "pairs_per_s") -> dict:
         d = pipe[key]
@@ -316,6 +326,7 @@ def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: di
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "actor_torch_threads": cfg.actor_threads,
             "driver_niceness": os.nice(0),
             "actor_niceness": sorted(
                 {n for t in runs["pipeline"] for n in t.extra.get("actor_niceness", [])}

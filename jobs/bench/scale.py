@@ -1,8 +1,10 @@
 """Two benchmark modes where the model is cheap next to the CPU work around it (a 0.6B reranker on an H100):
 
 - `--scale N`: N pairs (`--per-query` candidates per query, skewed lengths, `--shards` Parquet files)
-  scored by a tiny random Llama reranker, `CrossEncoder.predict` (batch 32) against `python -m jobs.rerank` end to end (its
-  own process: Ray start-up, preprocessing, scoring, ranking, writing), side by side in one run.
+  scored by a tiny random Llama reranker, `CrossEncoder.predict` (batch 32) against `python -m jobs.rerank` end
+  to end (its own process: Ray start-up, preprocessing, scoring, ranking, writing), and against the same job
+  connecting to an already running local Ray instance (as a job submitted to a cluster finds it: no Ray
+  start or stop), side by side in one run.
 - `--simulate-rates R1,R2,...`: the pipeline with a scorer double whose forward sleeps (releasing the GIL, as
   a GPU kernel does) for a fixed time per padded token, set so that it scores R pairs/s at the set's mean
   token count. Preprocessing and collating are real. It reports the double's busy fraction over the scoring
@@ -19,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -30,6 +34,8 @@ from jobs.bench.data import skewed_pairs
 from schemas.settings import SettingError
 
 SAMPLE_PAIRS = 2000  # pairs preprocessed on the driver to learn the mean token count
+# every jobs.rerank run's environment, and its workers'
+JOB_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def parse_rates(text: str | None) -> list[float]:
@@ -80,11 +86,39 @@ def predict_run(model: str, table: pa.Table, threads: int) -> dict:
     }
 
 
-def rerank_run(model: str, pairs: str, output: str, rows: int, args: list[str]) -> dict:
-    """`python -m jobs.rerank` in its own process (it starts its own local Ray instance), timed from launch
-    to exit; the scoring stage's own rate from its manifest."""
+@contextmanager
+def running_cluster(cpus: int) -> Iterator[str]:
+    """A local Ray instance started in this process before the clock and stopped after it; yields its
+    address for `jobs.rerank --ray-address`."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in JOB_ENV}
+    os.environ.update(JOB_ENV)  # Ray's processes inherit it, and the job's workers from them
+    try:
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def rerank_run(
+    model: str, pairs: str, output: str, rows: int, args: list[str], address: str | None = None
+) -> dict:
+    """`python -m jobs.rerank` in its own process, timed from launch to exit; it starts its own local Ray
+    instance, or connects to `address` (with the instance's token, as a client must). The scoring stage's
+    own rate from its manifest."""
     cmd = [sys.executable, "-m", "jobs.rerank", "--pairs", pairs, "--output", output, "--model", model, *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, **JOB_ENV}
+    if address is not None:
+        cmd += ["--ray-address", address]
+        env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -119,24 +153,31 @@ def job_args(pool, batch_tokens: int, threads: int) -> list[str]:
     return args
 
 
+SCALE_METHODS = ("rerank", "rerank_on_cluster", "predict")
+
+
 def run_scale(cfg, model: str) -> dict:
-    """`--scale`: predict vs jobs.rerank, interleaved over `cfg.rounds`; medians."""
+    """`--scale`: predict vs jobs.rerank (own Ray instance, and on a running one), interleaved over
+    `cfg.rounds` in a rotating order; medians."""
     table = skewed_pairs(cfg.scale, cfg.per_query, cfg.lengths, cfg.seed)
     root = cfg.work_dir or tempfile.mkdtemp(prefix="rerank-scale-")
     pairs = write_shards(table, os.path.join(root, "pairs"), cfg.shards, cfg.row_group_rows)
     threads = os.cpu_count() or 1  # predict gets every core, as a user would run it
-    actor_threads = cfg.pool.torch_threads or threads  # the actor shares the cores with preprocessing
+    actor_threads = cfg.actor_threads or threads  # the actors share the cores out
     args = [*job_args(cfg.pool, cfg.reranker.batch_tokens, actor_threads), "--progress-interval", "0"]
-    runs: dict[str, list[dict]] = {"predict": [], "rerank": []}
+    runs: dict[str, list[dict]] = {name: [] for name in SCALE_METHODS}
     try:
         for r in range(cfg.rounds):
-            for name in ("rerank", "predict") if r % 2 == 0 else ("predict", "rerank"):
+            for name in SCALE_METHODS[r % 3 :] + SCALE_METHODS[: r % 3]:
+                out = os.path.join(root, f"{name}-{r}")
                 if name == "predict":
                     runs[name].append(predict_run(model, table, threads))
-                else:
-                    out = os.path.join(root, f"rerank-{r}")
+                elif name == "rerank":
                     runs[name].append(rerank_run(model, pairs, out, table.num_rows, args))
-                    shutil.rmtree(out, ignore_errors=True)
+                else:
+                    with running_cluster(threads) as address:
+                        runs[name].append(rerank_run(model, pairs, out, table.num_rows, args, address))
+                shutil.rmtree(out, ignore_errors=True)
                 print(
                     f"[benchmark] round {r + 1}/{cfg.rounds} {name}: {runs[name][-1]['wall_s']:.1f} s",
                     flush=True,
@@ -148,6 +189,7 @@ def run_scale(cfg, model: str) -> dict:
         "predict": statistics.median(x["pairs_per_s"] for x in runs["predict"]),
         "rerank_scoring": statistics.median(x["scoring_pairs_per_s"] for x in runs["rerank"]),
         "rerank_end_to_end": statistics.median(x["pairs_per_s"] for x in runs["rerank"]),
+        "rerank_on_cluster": statistics.median(x["pairs_per_s"] for x in runs["rerank_on_cluster"]),
     }
     return {
         "mode": "scale",
@@ -160,6 +202,11 @@ def run_scale(cfg, model: str) -> dict:
         "rerank_args": args,
         "pairs_per_s": median,
         "ratio_end_to_end_vs_predict": median["rerank_end_to_end"] / median["predict"],
+        "ratio_on_cluster_vs_predict": median["rerank_on_cluster"] / median["predict"],
+        "ratio_per_round": [
+            {k: runs[k][i]["pairs_per_s"] / runs["predict"][i]["pairs_per_s"] for k in SCALE_METHODS[:2]}
+            for i in range(cfg.rounds)
+        ],
         "runs": runs,
         "loadavg_end": os.getloadavg(),
     }
@@ -173,7 +220,9 @@ def scale_summary(report: dict) -> str:
         f"{'CrossEncoder.predict (batch 32)':<52}{m['predict']:>9.0f}",
         f"{'jobs.rerank, scoring stage only':<52}{m['rerank_scoring']:>9.0f}",
         f"{'jobs.rerank, end to end (start-up, ranking, writing)':<52}{m['rerank_end_to_end']:>9.0f}",
-        f"end to end / predict: {report['ratio_end_to_end_vs_predict']:.2f}x",
+        f"{'jobs.rerank, end to end on a running Ray instance':<52}{m['rerank_on_cluster']:>9.0f}",
+        f"end to end / predict: {report['ratio_end_to_end_vs_predict']:.2f}x "
+        f"(on a running instance: {report['ratio_on_cluster_vs_predict']:.2f}x)",
     ]
     return "\n".join(lines)
 

@@ -139,6 +139,26 @@ def test_scale_runs_the_rerank_job_with_the_benchmarks_pool_settings():
     assert cfg.reranker.batch_tokens == 4096
 
 
+def test_cpu_actors_share_the_cores_while_the_bare_methods_use_them_all(monkeypatch):
+    """On CPU, (a)-(c) run on every core in the driver; each of N actors gets cores / N torch threads unless
+    --torch-threads says otherwise (two 1-thread actors on two cores, not two 2-thread ones)."""
+    import os
+    from dataclasses import replace
+
+    from actors.pool import PoolSpec
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    cpu = BenchConfig(reranker=RerankerSpec(model="m", device="cpu"))
+    assert (cpu.threads, cpu.actor_threads) == (8, 8)
+    two = replace(cpu, pool=PoolSpec(actors=2))
+    assert (two.threads, two.actor_threads) == (8, 4)
+    assert two.rerank_config().pool.torch_threads == 4
+    assert replace(cpu, pool=PoolSpec(actors=16)).actor_threads == 1
+    assert replace(cpu, pool=PoolSpec(actors=2, torch_threads=3)).actor_threads == 3
+    gpu = BenchConfig(reranker=RerankerSpec(model="m", device="cuda"))
+    assert (gpu.threads, gpu.actor_threads) == (None, None)
+
+
 def test_scale_shards_keep_every_pair_in_order_with_the_row_groups_asked(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
