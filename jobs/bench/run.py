@@ -22,16 +22,15 @@ import pyarrow.parquet as pq
 from actors.fast_paths import apply_fast_paths
 from actors.model_spec import resolve_device_and_dtype
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder
+from actors.reranker import RerankerSpec, load_cross_encoder
 from jobs.bench import methods as bm
 from jobs.bench import scale
 from jobs.bench.data import (
-    SHORT_DOCUMENTS,
     LengthSpec,
     fit_documents_to_tokens,
     skewed_pairs,
-    text_pairs,
 )
+from jobs.bench.fast_path_runs import fast_path_report, fast_path_variants, median, ties
 from jobs.bench.models import MODEL_CONFIGS, flops_per_pair, peak_tflops
 from pipelines.rerank import RerankConfig
 from pipelines.run_info import library_versions
@@ -200,7 +199,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     pairs_dir = os.path.join(root, "pairs")
     os.makedirs(pairs_dir, exist_ok=True)
     pq.write_table(table, os.path.join(pairs_dir, "part-0.parquet"))
-    variants = _fast_path_variants(cfg, work) if cfg.fast_paths else {}
+    variants = fast_path_variants(cfg, work) if cfg.fast_paths else {}
 
     plain.predict(work.pairs[:8], prompt=prompt)  # warm-up: first-call allocations and kernel selection
     bm.bare_forward(fast, work, prepared[:1])
@@ -236,46 +235,15 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     return report
 
 
-def _fast_path_variants(cfg: BenchConfig, work: bm.Workload) -> dict:
-    """name -> (in-process worker, table). The default path on the same rows is each one's baseline."""
-    n = min(cfg.fast_path_pairs, work.table.num_rows)
-    subset = work.table.slice(0, n)
-    short = skewed_pairs(n, cfg.per_query, SHORT_DOCUMENTS, cfg.seed + 1)
-    options = {"default": {}, "hidden": {"score_path": "hidden"}, "prefix_reuse": {"prefix_reuse": True}}
-    _, dtype = resolve_device_and_dtype(cfg.spec())
-    if str(dtype) != "torch.float32":
-        options["fp32_head"] = {"fp32_head": True}
-        options["hidden+fp32_head"] = {"score_path": "hidden", "fp32_head": True}
-    variants = {}
-    for name, fast in options.items():
-        base = dict(score_path="logit", fp32_head=False, prefix_reuse=False)
-        variants[name] = (RerankWorker(cfg.spec(**{**base, **fast})), subset)
-    variants["default@short"] = (variants["default"][0], short)
-    variants["prefix_reuse@short"] = (variants["prefix_reuse"][0], short)
-    return variants
-
-
-def _median(values) -> float:
-    return float(np.median(np.asarray(values, dtype=np.float64)))
-
-
-def _ties(scores: np.ndarray, query_ids: list[str]) -> int:
-    """Pairs whose score exactly equals another candidate's of the same query."""
-    seen: dict = {}
-    for q, s in zip(query_ids, scores.tolist(), strict=True):
-        seen[(q, s)] = seen.get((q, s), 0) + 1
-    return int(sum(n for n in seen.values() if n > 1))
-
-
 def _summary(
     timed: list[bm.Timed], n_pairs: int, real_tokens: int, reference: np.ndarray, flops: float
 ) -> dict:
-    seconds = _median([t.seconds for t in timed])
+    seconds = median([t.seconds for t in timed])
     return {
         "seconds_median": seconds,
         "seconds_rounds": [t.seconds for t in timed],
         "cpu_seconds_rounds": [t.cpu_seconds for t in timed],
-        "pairs_per_cpu_s": n_pairs / _median([t.cpu_seconds for t in timed]),
+        "pairs_per_cpu_s": n_pairs / median([t.cpu_seconds for t in timed]),
         "pairs_per_s": n_pairs / seconds,
         "pairs_per_s_best": n_pairs / min(t.seconds for t in timed),
         "real_tokens_per_s": real_tokens / seconds,
@@ -299,7 +267,7 @@ def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: di
     pipe = methods["pipeline"]
     extras = [t.extra for t in runs["pipeline"]]
     for key in ("wall_s", "startup_s", "excl_startup_s", "scoring_span_s"):
-        pipe[f"{key}_median"] = _median([e[key] for e in extras])
+        pipe[f"{key}_median"] = median([e[key] for e in extras])
     pipe["pairs_per_s_incl_startup"] = n / pipe["wall_s_median"]
     pipe["pairs_per_s_excl_startup"] = n / pipe["excl_startup_s_median"]
     pipe["pairs_per_s_steady"] = n / pipe["scoring_span_s_median"]
@@ -368,40 +336,10 @@ def _report(cfg: BenchConfig, plain, work: bm.Workload, runs: dict, variants: di
         "cpu_targets": {
             k: {"value": v, "target": TARGETS[k], "met": bool(v >= TARGETS[k])} for k, v in checks.items()
         },
-        "fast_paths": _fast_path_report(runs, variants, plain, prompt),
-        "ties": {"predict": _ties(reference, work.table.column(c.QUERY_ID).to_pylist())},
+        "fast_paths": fast_path_report(runs, variants, plain, prompt),
+        "ties": {"predict": ties(reference, work.table.column(c.QUERY_ID).to_pylist())},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _fast_path_report(runs: dict, variants: dict, plain, prompt) -> dict:
-    """Per variant: median seconds, speed-up over the default path on the same rows, parity and ties."""
-    out: dict = {}
-    references: dict = {}
-    for name, (_, table) in variants.items():
-        key = id(table)
-        if key not in references:
-            pairs = text_pairs(table)
-            references[key] = np.asarray(plain.predict(pairs, prompt=prompt), dtype=np.float32)
-        seconds = _median([t.seconds for t in runs[name]])
-        baseline = "default@short" if name.endswith("@short") else "default"
-        base_seconds = _median([t.seconds for t in runs[baseline]])
-        cpu, base_cpu = (_median([t.cpu_seconds for t in runs[k]]) for k in (name, baseline))
-        scores = runs[name][0].scores
-        out[name] = {
-            "pairs": table.num_rows,
-            "seconds_median": seconds,
-            "pairs_per_s": table.num_rows / seconds,
-            "speedup_vs_default": base_seconds / seconds,
-            "cpu_seconds_rounds": [t.cpu_seconds for t in runs[name]],
-            "cpu_speedup_vs_default": base_cpu / cpu,
-            "max_abs_diff_vs_predict": float(
-                max(np.nanmax(np.abs(t.scores - references[key])) for t in runs[name])
-            ),
-            "ties": _ties(scores, table.column(c.QUERY_ID).to_pylist()),
-            "mean_tokens_per_pair": runs[name][0].extra["real_tokens"] / table.num_rows,
-        }
-    return out
 
 
 def _flat(cfg: BenchConfig) -> dict:
