@@ -175,7 +175,9 @@ class RerankWorker:
             if value is not None and errors.ok(i):
                 scores[i] = value
         if c.ROW_INPUT_IDS not in table.column_names:  # not through the preprocess stage: made here, once
+            t0 = time.perf_counter()
             table = replace_columns(table, featurize_rows(table, self.featurize, errors))
+            self.clock.preprocess_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         tokens = table.column(c.ROW_TOKENS).to_numpy().astype(np.int64)
         rows = np.asarray([i for i in range(n) if errors.ok(i) and cached[i] is None], dtype=np.int64)
@@ -292,6 +294,7 @@ def _first(value: float | None, n: int, rest: float | None = 0.0) -> pa.Array:
 class _Clock:
     """The scoring actor's time on one block."""
 
+    preprocess_s: float = 0.0  # only when the actor preprocesses the block itself
     collate_s: float = 0.0
     forward_s: float = 0.0
     write_s: float = 0.0
@@ -300,6 +303,7 @@ class _Clock:
 
     def columns(self, n: int) -> dict[str, pa.Array]:
         return {
+            c.ROW_PREPROCESS_S: _first(self.preprocess_s, n),
             c.ROW_COLLATE_S: _first(self.collate_s, n),
             c.ROW_FORWARD_S: _first(self.forward_s, n),
             c.ROW_WRITE_S: _first(self.write_s, n),

@@ -57,6 +57,7 @@ SCORE = Stage(
         c.ROW_TOKENS,
         c.ROW_PADDED,
         c.ROW_UNSORTED_PADDED,
+        c.ROW_PREPROCESS_S,
         c.ROW_COLLATE_S,
         c.ROW_FORWARD_S,
         c.ROW_WRITE_S,

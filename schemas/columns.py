@@ -61,6 +61,7 @@ ROW_KEY = "__row_key"  # a stable key of the input row: file index << 40 | row i
 ROW_INPUT_IDS = "__input_ids"  # a pair's real token ids (list<int32>, unpadded): actors.features
 ROW_FEATURES = "__features"  # a pair's other processor outputs (pickled; null for text): actors.features
 # The scoring actor's time on a block, on the block's first row (0 on the others): see actors.reranker.
+ROW_PREPROCESS_S = "__preprocess_s"  # the actor's own preprocessing of the block (--preprocess-tasks 0)
 ROW_COLLATE_S = "__collate_s"
 ROW_FORWARD_S = "__forward_s"
 ROW_WRITE_S = "__write_back_s"

@@ -96,8 +96,11 @@ def test_each_pair_is_preprocessed_once(ray_session, tmp_path, qwen3_causal, cap
     np.testing.assert_allclose(got, sorted(float(x) for x in want), atol=1e-5, rtol=0)
     actor = manifest["scoring_actor"]
     assert actor["forward_s"] > 0 and actor["collate_s"] > 0 and actor["write_back_s"] > 0
-    assert abs(actor["collate_share"] + actor["forward_share"] + actor["write_back_share"] - 1) < 1e-9
+    shares = ("preprocess_share", "collate_share", "forward_share", "write_back_share")
+    assert abs(sum(actor[k] for k in shares) - 1) < 1e-9
     assert 0 < actor["forward_busy"] <= 1
+    # the actor's own preprocessing is on its clock only when it did it
+    assert (actor["preprocess_s"] > 0) == (preprocess_tasks == 0)
     if preprocess_tasks == 0:  # the actor's one process did it all, and the texts left with the features
         assert len(list(log_dir.glob("*.jsonl"))) == 1
         scored = score_pairs(read, cfg, PairsPlan(media=False), worker).take(1)[0]

@@ -94,6 +94,9 @@ def test_actor_time_shares_and_busy_fraction():
     }
     out = actor_time(stats, actors=1)
     assert out["forward_share"] == 0.8 and out["forward_busy"] == 0.8 and out["forward_window_s"] == 10.0
+    assert out["preprocess_s"] == 0.0 and out["preprocess_share"] == 0.0  # a separate stage preprocessed
+    own = actor_time({**stats, "preprocess_s": 10.0}, actors=1)  # the actor preprocessed its blocks
+    assert own["preprocess_share"] == 0.5 and own["forward_share"] == 0.4 and own["forward_busy"] == 0.8
     assert actor_time(stats, actors=2)["forward_busy"] == 0.4
     assert actor_time(stats, actors=1, resumed_pairs=5)["forward_busy"] is None
 
