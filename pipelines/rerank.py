@@ -325,10 +325,7 @@ def block_stats(table: pa.Table) -> dict[str, float]:
         "tokens": total(c.ROW_TOKENS),
         "padded_tokens": total(c.ROW_PADDED),
         "unsorted_padded_tokens": total(c.ROW_UNSORTED_PADDED),
-        "preprocess_s": total(c.ROW_PREPROCESS_S),
-        "collate_s": total(c.ROW_COLLATE_S),
-        "forward_s": total(c.ROW_FORWARD_S),
-        "write_back_s": total(c.ROW_WRITE_S),
+        **{name: total(column) for name, column in c.ACTOR_TIME.items()},
     }
     for key, name, fn in (
         ("min_forward_start", c.ROW_FORWARD_START, pc.min),

@@ -326,8 +326,7 @@ def actor_time(stats: dict, actors: int, resumed_pairs: int = 0) -> dict:
     was busy), writing scores back; seconds and shares. `forward_busy` is the forward's share of
     the wall time from the first forward to the end of the last, over all actors: near 1 means the
     accelerator never waited for input (None after a resume, whose window spans the interruption)."""
-    names = ("preprocess_s", "collate_s", "forward_s", "write_back_s")
-    parts = {name: stats.get(name, 0.0) for name in names}
+    parts = {name: stats.get(name, 0.0) for name in c.ACTOR_TIME}
     spent = sum(parts.values())
     shares = {name.replace("_s", "_share"): (v / spent if spent else None) for name, v in parts.items()}
     start, end = stats.get("min_forward_start"), stats.get("max_forward_end")

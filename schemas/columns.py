@@ -65,6 +65,13 @@ ROW_PREPROCESS_S = "__preprocess_s"  # the actor's own preprocessing of the bloc
 ROW_COLLATE_S = "__collate_s"
 ROW_FORWARD_S = "__forward_s"
 ROW_WRITE_S = "__write_back_s"
+# manifest name -> column of each part of that time (block stats and `scoring_actor` read this one list)
+ACTOR_TIME = {
+    "preprocess_s": ROW_PREPROCESS_S,
+    "collate_s": ROW_COLLATE_S,
+    "forward_s": ROW_FORWARD_S,
+    "write_back_s": ROW_WRITE_S,
+}
 ROW_FORWARD_START = "__forward_start"  # wall clock (s since the epoch) of the block's first forward
 ROW_FORWARD_END = "__forward_end"  # ... and of the end of its last
 
