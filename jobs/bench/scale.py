@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -92,16 +93,8 @@ def running_cluster(cpus: int) -> Iterator[str]:
     address for `jobs.rerank --ray-address`."""
     import ray
 
-    saved = {k: os.environ.get(k) for k in JOB_ENV}
-    os.environ.update(JOB_ENV)  # Ray's processes inherit it, and the job's workers from them
-    try:
+    with mock.patch.dict(os.environ, JOB_ENV):  # Ray's processes inherit it, the job's workers from them
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
