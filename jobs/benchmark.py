@@ -41,7 +41,9 @@ def resolve_model(cfg: BenchConfig) -> str:
     if (cfg.scale or cfg.simulate_rates) and not cfg.model_config:
         from jobs.demo_assets.tiny_lm import build_tiny_reranker
 
-        return str(build_tiny_reranker(os.path.join(cfg.demo_dir, "models", "tiny-llama-h32-l1-reranker")))
+        name = f"tiny-llama-h{cfg.tiny_width}-l{cfg.tiny_layers}-reranker"
+        out = os.path.join(cfg.demo_dir, "models", name)
+        return str(build_tiny_reranker(out, hidden_size=cfg.tiny_width, layers=cfg.tiny_layers))
     demo = build_demo(cfg.demo_dir).reranker
     config = cfg.model_config
     if not config:

@@ -99,6 +99,13 @@ class BenchConfig:
     row_group_rows: int | None = setting(
         None, help="rows per Parquet row group of those files (default: one row group a file)"
     )
+    tiny_width: int = setting(
+        64,
+        help="width of the tiny random Llama reranker --scale and --simulate-rates build when no --model is "
+        "given (64 with --tiny-layers 2: the tests' model, the one issue 11's comparison was measured on; "
+        "32 with 1 layer: a forward as cheap as it gets next to the same CPU work)",
+    )
+    tiny_layers: int = setting(2, help="layers of that tiny reranker")
     simulate_rates: str | None = setting(
         None, metavar="R1,R2,...", help="instead: a simulated accelerator at these pairs/s (scale.py)"
     )
@@ -111,7 +118,13 @@ class BenchConfig:
 
     def validate(self) -> BenchConfig:
         at_least(self, 2, "num_pairs", "fast_path_pairs")
-        at_least(self, 1, "rounds", "per_query", "pair_tokens", "scale", "shards", "row_group_rows")
+        at_least(
+            self, 1, "rounds", "per_query", "pair_tokens", "scale", "shards", "row_group_rows", "tiny_layers"
+        )
+        if self.tiny_width < 8 or self.tiny_width % 8:
+            raise SettingError(
+                "tiny_width", f"must be a multiple of 8 (4 heads of an even width), got {self.tiny_width}"
+            )
         if sum(x is not None for x in (self.scale, self.simulate_rates, self.sweep)) > 1:
             raise SettingError("scale", "pass one of --scale, --simulate-rates, --sweep")
         scale.parse_rates(self.simulate_rates)

@@ -86,10 +86,10 @@ def build_st_reranker(
     return out
 
 
-def build_tiny_reranker(out: Path, arch: str = "llama", hidden_size: int = 32, layers: int = 1) -> Path:
+def build_tiny_reranker(out: Path, arch: str = "llama", hidden_size: int = 64, layers: int = 2) -> Path:
     """A saved CrossEncoder (Transformer(text-generation) + LogitScore('yes', 'no')) over a tiny random
-    `arch` causal LM (by default 1 layer of width 32: a forward cheap next to the CPU work around it, the
-    regime of a 0.6B reranker on an H100); reused when already built under `out`."""
+    `arch` causal LM (by default the tests' shape, 2 layers of width 64; 1 layer of width 32 makes the
+    forward cheaper still next to the CPU work around it); reused when already built under `out`."""
     out = Path(out)
     if not (out / "modules.json").exists():
         build_st_reranker(build_causal_lm(out / "hf", arch=arch, hidden_size=hidden_size, layers=layers), out)

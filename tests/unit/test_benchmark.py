@@ -63,6 +63,25 @@ def test_sweep_names_are_checked():
         parse_sweep("threads=1,2")
 
 
+def test_the_tiny_scale_model_is_the_tests_shape_unless_asked(tmp_path):
+    """--scale and --simulate-rates build the tests' tiny Llama (width 64, 2 layers) unless --tiny-width /
+    --tiny-layers ask for another; a width that 4 heads cannot share is a one-line setting error."""
+    from jobs.benchmark import build_parser, resolve_model
+    from schemas.settings import SettingError
+
+    parser = build_parser()
+    argv = ["--scale", "10", "--demo-dir", str(tmp_path), "--tiny-width", "16", "--tiny-layers", "1"]
+    cfg = parser.config(parser.parse_args(argv)).validate()
+    assert BenchConfig().tiny_width == 64 and BenchConfig().tiny_layers == 2
+    model = resolve_model(cfg)
+    assert model.endswith("tiny-llama-h16-l1-reranker")
+    with open(f"{model}/hf/config.json") as f:
+        config = json.load(f)
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (16, 1)
+    with pytest.raises(SettingError, match="multiple of 8"):
+        parser.config(parser.parse_args(["--scale", "10", "--tiny-width", "12"])).validate()
+
+
 def _in_process_pipeline(rcfg, work, pairs_dir, output):
     """Stands in for the Ray pipeline: the same worker, called in-process on the whole set."""
     import pyarrow.parquet as pq
