@@ -13,16 +13,23 @@ machine, versions and settings. Runs locally (starts a Ray instance) or under
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from jobs.bench.run import DEMO_RERANKER, BenchConfig
 from jobs.cli import SettingsParser, user_error
+from jobs.loopback import keep_local_ray_on_loopback
+
+if TYPE_CHECKING:
+    from jobs.bench.run import BenchConfig
 
 
 def build_parser() -> SettingsParser:
+    from jobs.bench.run import BenchConfig
+
     return SettingsParser(
         BenchConfig,
         prog="python -m jobs.benchmark",
@@ -34,6 +41,8 @@ def build_parser() -> SettingsParser:
 def resolve_model(cfg: BenchConfig) -> str:
     """--model as given, else the SmolLM2 demo reranker, or (--model-config) a random-weight reranker of a
     published shape tokenised like it."""
+    from jobs.bench.run import DEMO_RERANKER
+
     if cfg.reranker.model != DEMO_RERANKER:
         return cfg.reranker.model
     from jobs.demo_assets import build_demo
@@ -114,7 +123,19 @@ def default_output(model: str, device: str, kind: str = "benchmark") -> str:
     return os.path.join("bench", f"{kind}-{name}-{device}-{time.strftime('%Y%m%dT%H%M%S')}.json")
 
 
+def starts_local_ray(argv: list[str]) -> bool:
+    """Whether this run starts its own Ray instance (no --ray-address, no RAY_ADDRESS), read from the
+    command line before anything imports Ray."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--ray-address")
+    known, _ = pre.parse_known_args(argv)
+    return not known.ray_address and not os.environ.get("RAY_ADDRESS")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if starts_local_ray(argv) and "ray" not in sys.modules:
+        keep_local_ray_on_loopback()  # its instance and the jobs --scale starts: loopback only
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from jobs.loopback import keep_local_ray_on_loopback
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every Ray process of the session, and every job the tests start, talks over loopback only (jobs.loopback);
+# set before anything imports Ray.
+keep_local_ray_on_loopback()
 # As with an activated virtualenv: `python` in a submitted job's entrypoint is this interpreter.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
@@ -63,5 +68,8 @@ def ray_session():
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
     from ray._private.worker import global_worker
+
+    if global_worker.node.node_ip_address != "127.0.0.1":  # Ray was imported before the setting above
+        pytest.exit(f"the test Ray instance is on {global_worker.node.node_ip_address}, not loopback", 2)
 
     yield "http://" + global_worker.node.address_info["webui_url"]
