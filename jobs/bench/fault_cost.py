@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jobs.bench.data import LengthSpec, skewed_pairs
+from jobs.loopback import keep_local_ray_on_loopback
 from pipelines.checkpoint import Checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-dir", default=".demo", help="where the demo reranker is built or found")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    keep_local_ray_on_loopback()  # each run starts its own local instance: loopback only (jobs.loopback)
     model = args.model
     if model is None:
         from jobs.demo_assets import build_demo
