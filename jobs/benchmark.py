@@ -134,7 +134,8 @@ def starts_local_ray(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if starts_local_ray(argv) and "ray" not in sys.modules:
+    local = starts_local_ray(argv)
+    if local and "ray" not in sys.modules:
         keep_local_ray_on_loopback()  # its instance and the jobs --scale starts: loopback only
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             run_scale(cfg, cfg.reranker.model), cfg.output, cfg.reranker.model, "scale", scale_summary
         )
 
-    if args.ray_address is None and "RAY_ADDRESS" not in os.environ:
+    if local:
         # Ray starts its workers at nice 15. On a machine shared with other work that hands the pipeline's
         # actors less CPU than this process, where (a)-(c) run; at equal priority the comparison is like for
         # like, as on a dedicated node where niceness changes nothing. Only the local instance started here.

@@ -17,6 +17,12 @@ def test_the_session_instance_and_its_workers_use_loopback(ray_session):
     assert (ray.util.get_node_ip_address(), worker_ip) == ("127.0.0.1", "127.0.0.1")
 
 
+@pytest.fixture
+def loopback_env(monkeypatch):
+    for name, value in LOOPBACK_ONLY_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -25,11 +31,9 @@ def test_the_session_instance_and_its_workers_use_loopback(ray_session):
         "https://huggingface.co/api/models",
     ],
 )
-def test_requests_beyond_loopback_go_to_a_closed_loopback_port(monkeypatch, url):
+def test_requests_beyond_loopback_go_to_a_closed_loopback_port(loopback_env, url):
     from requests.utils import get_environ_proxies
 
-    for name, value in LOOPBACK_ONLY_ENV.items():
-        monkeypatch.setenv(name, value)
     proxies = get_environ_proxies(url)
     assert proxies[url.split(":")[0]] == CLOSED_LOOPBACK_PORT
 
@@ -37,9 +41,7 @@ def test_requests_beyond_loopback_go_to_a_closed_loopback_port(monkeypatch, url)
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:8265/api/jobs/", "http://localhost:9000/bucket", "http://[::1]:80/"]
 )
-def test_loopback_requests_go_direct(monkeypatch, url):
+def test_loopback_requests_go_direct(loopback_env, url):
     from requests.utils import get_environ_proxies
 
-    for name, value in LOOPBACK_ONLY_ENV.items():
-        monkeypatch.setenv(name, value)
     assert get_environ_proxies(url) == {}
