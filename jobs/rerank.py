@@ -52,9 +52,12 @@ def summary(manifest: dict, output: str) -> str:
 
 
 def check(cfg: RerankConfig) -> None:
+    """The pairs and the output, before a Ray instance is started or joined."""
     from pipelines.rerank import check_pairs
+    from pipelines.rerank_run import refuse_held_output
 
     check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
+    refuse_held_output(cfg)
 
 
 def run(cfg: RerankConfig, _checked=None) -> str:

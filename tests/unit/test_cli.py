@@ -122,3 +122,34 @@ def test_rerank_bad_values_exit_2_naming_the_flag(tmp_path, capsys, change, mess
     assert rerank.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {err[7:]}" and message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("held", "change", "message"),
+    [
+        ("manifest.json", [], "already holds the complete run 'r1'; pass --run-id r1 to get it back"),
+        ("manifest.json", ["--run-id", "r2"], "already holds the complete run 'r1'; pass --run-id r1"),
+        ("manifest.json", ["--run-id", "r1", "--mode", "error"], "already holds the complete run 'r1'"),
+        ("_run.json", ["--mode", "error"], "already holds a run (--mode error); choose another --output"),
+    ],
+)
+def test_rerank_refuses_a_held_output_before_starting_ray(
+    tmp_path, capsys, monkeypatch, held, change, message
+):
+    """Re-running a finished command fails at once, in one line, without the seconds a Ray start costs
+    (`connect` is replaced by one that fails the test: the refusal must come before it)."""
+    from jobs import ray_session, rerank
+    from pipelines import io
+    from tests.pairs_data import adversarial_pairs, write_shards
+
+    def connect(*_args, **_kwargs):
+        raise AssertionError("connected to Ray before refusing the output")
+
+    monkeypatch.setattr(ray_session, "connect", connect)
+    pairs = write_shards(adversarial_pairs(2, 3), tmp_path / "pairs", shards=1)
+    out = tmp_path / "out"
+    io.write_json(str(out / held), {"run_id": "r1"})
+    argv = ["--pairs", str(pairs), "--model", str(tmp_path), "--output", str(out), *change]
+    assert rerank.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
