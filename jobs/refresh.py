@@ -59,9 +59,11 @@ def summary(manifest: dict) -> str:
 
 
 def check(cfg: RefreshConfig) -> None:
-    from pipelines.refresh import check_inputs
+    """The inputs and the run directory, before a Ray instance is started or joined."""
+    from pipelines.refresh import check_inputs, refuse_existing_run
 
     check_inputs(cfg)
+    refuse_existing_run(cfg)
 
 
 def run(cfg: RefreshConfig, _checked=None) -> str:

@@ -186,13 +186,23 @@ def latest_run(root: str) -> str | None:
     return read_latest(root)
 
 
+def refuse_existing_run(cfg: RefreshConfig, layout: RunLayout | None = None) -> None:
+    """`--mode error` with a `--run-id` ROOT already holds: refused (a job checks this before it starts or
+    joins Ray, and again when the run begins)."""
+    if layout is None:
+        if cfg.run_id is None:
+            return  # a new run id is made when the run begins
+        layout = RunLayout(cfg.output, cfg.run_id)
+    if cfg.mode == "error" and io.exists(layout.run_dir):
+        raise InputError(f"{layout.run_dir} already exists (--mode error); choose another --run-id")
+
+
 def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_worker_cls=RerankWorker) -> dict:
     """Run (or resume) one nightly refresh and publish it. Returns the manifest. Assumes `ray.init`."""
     cfg.validate()
     inputs = check_inputs(cfg)
     layout = RunLayout(cfg.output, cfg.run_id or new_run_id())
-    if io.exists(layout.run_dir) and cfg.mode == "error":
-        raise InputError(f"{layout.run_dir} already exists (--mode error); choose another --run-id")
+    refuse_existing_run(cfg, layout)
     if io.exists(layout.run_dir) and cfg.mode == "overwrite":
         io.remove(layout.run_dir)
     if io.exists(layout.manifest):

@@ -153,3 +153,26 @@ def test_rerank_refuses_a_held_output_before_starting_ray(
     assert rerank.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_refresh_refuses_an_existing_run_id_before_starting_ray(tmp_path, capsys, monkeypatch):
+    """`--mode error` on a `--run-id` the root already holds: one line, before any Ray start."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import ray_session, refresh
+
+    def connect(*_args, **_kwargs):
+        raise AssertionError("connected to Ray before refusing the run id")
+
+    monkeypatch.setattr(ray_session, "connect", connect)
+    pq.write_table(pa.table({"doc_id": ["d0"], "doc_text": ["a document"]}), tmp_path / "corpus.parquet")
+    pq.write_table(pa.table({"query_id": ["q0"], "query_text": ["a query"]}), tmp_path / "queries.parquet")
+    root = tmp_path / "root"
+    (root / "runs" / "r1").mkdir(parents=True)
+    argv = ["--corpus", str(tmp_path / "corpus.parquet"), "--queries", str(tmp_path / "queries.parquet")]
+    argv += ["--embed-model", str(tmp_path), "--rerank-model", str(tmp_path), "--output", str(root)]
+    assert refresh.main([*argv, "--run-id", "r1", "--mode", "error"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "runs/r1 already exists (--mode error); choose another --run-id" in err, err
