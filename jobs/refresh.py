@@ -60,10 +60,12 @@ def summary(manifest: dict) -> str:
 
 def check(cfg: RefreshConfig) -> None:
     """The inputs and the run directory, before a Ray instance is started or joined."""
+    from pipelines.publish import RunLayout
     from pipelines.refresh import check_inputs, refuse_existing_run
 
     check_inputs(cfg)
-    refuse_existing_run(cfg)
+    if cfg.run_id is not None:  # otherwise a new run id is made when the run begins
+        refuse_existing_run(cfg, RunLayout(cfg.output, cfg.run_id))
 
 
 def run(cfg: RefreshConfig, _checked=None) -> str:

@@ -54,10 +54,10 @@ def summary(manifest: dict, output: str) -> str:
 def check(cfg: RerankConfig) -> None:
     """The pairs and the output, before a Ray instance is started or joined."""
     from pipelines.rerank import check_pairs
-    from pipelines.rerank_run import refuse_held_output
+    from pipelines.rerank_run import held_run
 
     check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
-    refuse_held_output(cfg)
+    held_run(cfg)  # refuses an output this request may not have
 
 
 def run(cfg: RerankConfig, _checked=None) -> str:

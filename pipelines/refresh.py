@@ -186,13 +186,9 @@ def latest_run(root: str) -> str | None:
     return read_latest(root)
 
 
-def refuse_existing_run(cfg: RefreshConfig, layout: RunLayout | None = None) -> None:
-    """`--mode error` with a `--run-id` ROOT already holds: refused (a job checks this before it starts or
-    joins Ray, and again when the run begins)."""
-    if layout is None:
-        if cfg.run_id is None:
-            return  # a new run id is made when the run begins
-        layout = RunLayout(cfg.output, cfg.run_id)
+def refuse_existing_run(cfg: RefreshConfig, layout: RunLayout) -> None:
+    """`--mode error` on a run ROOT already holds: refused (a job with a `--run-id` checks this before it
+    starts or joins Ray, and again when the run begins)."""
     if cfg.mode == "error" and io.exists(layout.run_dir):
         raise InputError(f"{layout.run_dir} already exists (--mode error); choose another --run-id")
 

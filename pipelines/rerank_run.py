@@ -104,7 +104,7 @@ def run_rerank(
         if cfg.mode == "overwrite":
             _wipe(layout)
         else:  # checked again under the lease: another driver may have started since
-            refuse_held_output(cfg, layout)
+            held_run(cfg, layout)
         resumed = check_identity(cfg.output, run_id, fields)
         manifest = _run(cfg, layout, run_id, fields, plan, resumed, worker_cls, extra_stages)
         io.write_json(layout.manifest, manifest)
@@ -115,34 +115,38 @@ def run_rerank(
     return manifest
 
 
-def refuse_held_output(cfg: RerankConfig, layout: OutputLayout | None = None) -> None:
-    """The output checks that need no cluster (a job makes them before it starts one): a complete run at
-    the output is refused unless `--run-id` asks for that very run, and `--mode error` refuses any run
-    there, complete or not. `--mode overwrite` refuses nothing."""
+def held_run(cfg: RerankConfig, layout: OutputLayout | None = None) -> dict | None:
+    """The output checks that need no cluster (a job makes them before it starts one). Returns the manifest
+    of the complete run at the output when `--run-id` asks for that very run, None when there is none (or
+    `--mode overwrite` will replace it); any other complete run is refused, and `--mode error` refuses any
+    run there, complete or not."""
     layout = layout or OutputLayout(cfg.output)
     if cfg.mode == "overwrite":
-        return
+        return None
     if io.exists(layout.manifest):
-        held = io.read_json(layout.manifest).get("run_id")
+        manifest = io.read_json(layout.manifest)
+        held = manifest.get("run_id")
         if cfg.run_id is None or held != cfg.run_id or cfg.mode == "error":
             raise InputError(
                 f"{cfg.output} already holds the complete run {held!r}; pass --run-id {held} to get it back, "
                 "--mode overwrite to replace it, or choose another --output"
             )
-    elif cfg.mode == "error" and io.exists(io.join(cfg.output, "_run.json")):
+        return manifest
+    if cfg.mode == "error" and io.exists(io.join(cfg.output, "_run.json")):
         raise InputError(f"{cfg.output} already holds a run (--mode error); choose another --output")
+    return None
 
 
 def _complete_run(layout: OutputLayout, cfg: RerankConfig, run_id: str, fields: dict) -> dict | None:
     """The manifest of a complete run at `layout` when it is this very run; None when there is none (or
     `--mode overwrite` replaces it). Any other complete run is an error naming the difference."""
-    if not io.exists(layout.manifest):
-        return None
     if cfg.mode == "overwrite":
-        _wipe(layout)
+        if io.exists(layout.manifest):
+            _wipe(layout)
         return None
-    refuse_held_output(cfg, layout)
-    manifest = io.read_json(layout.manifest)
+    manifest = held_run(cfg, layout)
+    if manifest is None:
+        return None
     changed = changed_fields(manifest.get("identity", {}), fields)
     if changed:
         raise InputError(
