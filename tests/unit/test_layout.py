@@ -1,5 +1,5 @@
 """The house rules a newcomer relies on: the shipped packages never import `tests`, layers only import
-downwards (jobs → pipelines → actors → schemas), and no module outside tests grows past ~400 lines."""
+downwards (jobs → pipelines → actors → schemas), no module outside tests grows past ~400 lines, and the top level is the layout DESIGN.md fixes."""
 
 from __future__ import annotations
 
@@ -44,3 +44,16 @@ def test_no_module_over_the_size_limit():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines, split them by concern: {long}"
+
+
+TOP_LEVEL = {"pyproject.toml", "README.md", "pipelines", "actors", "jobs", "schemas", "tests", "infra"}
+
+
+def test_top_level_holds_only_the_fixed_layout():
+    """DESIGN.md fixes the top level; hidden entries (.ci, .venv, .demo) and build output are not part of it."""
+    extra = {
+        p.name
+        for p in ROOT.iterdir()
+        if not p.name.startswith(".") and not p.name.endswith(".egg-info") and p.name != "__pycache__"
+    } - TOP_LEVEL
+    assert not extra, f"top-level entries outside the fixed layout: {sorted(extra)}"
