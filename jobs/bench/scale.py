@@ -4,7 +4,10 @@
   scored by a tiny random Llama reranker, `CrossEncoder.predict` (batch 32) against `python -m jobs.rerank` end
   to end (its own process: Ray start-up, preprocessing, scoring, ranking, writing), and against the same job
   connecting to an already running local Ray instance (as a job submitted to a cluster finds it: no Ray
-  start or stop), side by side in one run.
+  start or stop), side by side in one run. `predict` runs in the benchmark's own process (imports done,
+  the model cached after round 1); `predict_script` is the same call as a user's script makes it
+  (`jobs.bench.predict_script`: a fresh process that imports, reads, loads, predicts, ranks and writes),
+  which starts as `jobs.rerank` does.
 - `--simulate-rates R1,R2,...`: the pipeline with a scorer double whose forward sleeps (releasing the GIL, as
   a GPU kernel does) for a fixed time per padded token, set so that it scores R pairs/s at the set's mean
   token count. Preprocessing and collating are real. It reports the double's busy fraction over the scoring
@@ -132,6 +135,19 @@ def rerank_run(
     }
 
 
+def predict_script_run(model: str, pairs: str, output: str, rows: int, threads: int) -> dict:
+    """`python -m jobs.bench.predict_script` in its own process, timed from launch to exit."""
+    cmd = [sys.executable, "-m", "jobs.bench.predict_script", "--pairs", pairs, "--model", model]
+    cmd += ["--output", os.path.join(output, "ranked.parquet"), "--threads", str(threads)]
+    os.makedirs(output, exist_ok=True)
+    started = time.perf_counter()
+    done = subprocess.run(cmd, env={**os.environ, **JOB_ENV}, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"predict_script exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return {"wall_s": wall, "pairs_per_s": rows / wall}
+
+
 def job_args(pool, batch_tokens: int, threads: int) -> list[str]:
     """The benchmark's pool and budget settings as `jobs.rerank` flags, so `--scale` runs the job as set."""
     args = ["--torch-threads", str(threads), "--batch-tokens", str(batch_tokens)]
@@ -146,7 +162,7 @@ def job_args(pool, batch_tokens: int, threads: int) -> list[str]:
     return args
 
 
-SCALE_METHODS = ("rerank", "rerank_on_cluster", "predict")
+SCALE_METHODS = ("rerank", "rerank_on_cluster", "predict", "predict_script")
 
 
 def run_scale(cfg, model: str) -> dict:
@@ -161,10 +177,13 @@ def run_scale(cfg, model: str) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in SCALE_METHODS}
     try:
         for r in range(cfg.rounds):
-            for name in SCALE_METHODS[r % 3 :] + SCALE_METHODS[: r % 3]:
+            turn = r % len(SCALE_METHODS)
+            for name in SCALE_METHODS[turn:] + SCALE_METHODS[:turn]:
                 out = os.path.join(root, f"{name}-{r}")
                 if name == "predict":
                     runs[name].append(predict_run(model, table, threads))
+                elif name == "predict_script":
+                    runs[name].append(predict_script_run(model, pairs, out, table.num_rows, threads))
                 elif name == "rerank":
                     runs[name].append(rerank_run(model, pairs, out, table.num_rows, args))
                 else:
@@ -180,6 +199,7 @@ def run_scale(cfg, model: str) -> dict:
             shutil.rmtree(root, ignore_errors=True)
     median = {
         "predict": statistics.median(x["pairs_per_s"] for x in runs["predict"]),
+        "predict_script": statistics.median(x["pairs_per_s"] for x in runs["predict_script"]),
         "rerank_scoring": statistics.median(x["scoring_pairs_per_s"] for x in runs["rerank"]),
         "rerank_end_to_end": statistics.median(x["pairs_per_s"] for x in runs["rerank"]),
         "rerank_on_cluster": statistics.median(x["pairs_per_s"] for x in runs["rerank_on_cluster"]),
@@ -196,8 +216,16 @@ def run_scale(cfg, model: str) -> dict:
         "pairs_per_s": median,
         "ratio_end_to_end_vs_predict": median["rerank_end_to_end"] / median["predict"],
         "ratio_on_cluster_vs_predict": median["rerank_on_cluster"] / median["predict"],
+        "ratio_end_to_end_vs_predict_script": median["rerank_end_to_end"] / median["predict_script"],
         "ratio_per_round": [
-            {k: runs[k][i]["pairs_per_s"] / runs["predict"][i]["pairs_per_s"] for k in SCALE_METHODS[:2]}
+            {
+                **{
+                    k: runs[k][i]["pairs_per_s"] / runs["predict"][i]["pairs_per_s"]
+                    for k in SCALE_METHODS[:2]
+                },
+                "rerank_vs_predict_script": runs["rerank"][i]["pairs_per_s"]
+                / runs["predict_script"][i]["pairs_per_s"],
+            }
             for i in range(cfg.rounds)
         ],
         "runs": runs,
@@ -211,11 +239,13 @@ def scale_summary(report: dict) -> str:
         f"{report['pairs']} pairs ({report['queries']} queries, {report['shards']} shards), {report['model']}",
         f"{'':<52}{'pairs/s':>9}",
         f"{'CrossEncoder.predict (batch 32)':<52}{m['predict']:>9.0f}",
+        f"{'CrossEncoder.predict as a script (own process)':<52}{m['predict_script']:>9.0f}",
         f"{'jobs.rerank, scoring stage only':<52}{m['rerank_scoring']:>9.0f}",
         f"{'jobs.rerank, end to end (start-up, ranking, writing)':<52}{m['rerank_end_to_end']:>9.0f}",
         f"{'jobs.rerank, end to end on a running Ray instance':<52}{m['rerank_on_cluster']:>9.0f}",
         f"end to end / predict: {report['ratio_end_to_end_vs_predict']:.2f}x "
-        f"(on a running instance: {report['ratio_on_cluster_vs_predict']:.2f}x)",
+        f"(on a running instance: {report['ratio_on_cluster_vs_predict']:.2f}x; "
+        f"end to end / predict as a script: {report['ratio_end_to_end_vs_predict_script']:.2f}x)",
     ]
     return "\n".join(lines)
 

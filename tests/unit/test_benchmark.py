@@ -191,3 +191,33 @@ def test_scale_shards_keep_every_pair_in_order_with_the_row_groups_asked(tmp_pat
         files = [f"{directory}/part-{i}.parquet" for i in range(3)]
         assert [pq.ParquetFile(f).num_row_groups for f in files] == groups  # 33/33/34 rows a file
         assert pa.concat_tables(pq.read_table(f) for f in files).equals(table)
+
+
+def test_the_predict_script_baseline_writes_predicts_scores_ranked_per_query(tmp_path, llama_st_10):
+    """`--scale`'s script baseline (a fresh process, as a user's script) scores as `predict` and ranks each
+    query's candidates best first (1..n, scores non-increasing)."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+    from sentence_transformers import CrossEncoder
+
+    from jobs.bench.scale import write_shards
+
+    table = skewed_pairs(24, per_query=8, seed=2)
+    pairs = write_shards(table, str(tmp_path / "pairs"), shards=2)
+    out = tmp_path / "ranked.parquet"
+    argv = ["--pairs", pairs, "--model", str(llama_st_10), "--output", str(out), "--threads", "1"]
+    subprocess.run([sys.executable, "-m", "jobs.bench.predict_script", *argv], check=True)
+
+    ranked = pq.read_table(out).to_pylist()
+    expected = CrossEncoder(str(llama_st_10)).predict(text_pairs(table))
+    keys = zip(table.column(c.QUERY_ID).to_pylist(), table.column(c.CANDIDATE_ID).to_pylist(), strict=True)
+    by_pair = dict(zip(keys, expected, strict=True))
+    assert len(ranked) == 24
+    for row in ranked:
+        assert row["score"] == pytest.approx(by_pair[(row["query_id"], row["candidate_id"])], abs=1e-5)
+    for query in {r["query_id"] for r in ranked}:
+        rows = [r for r in ranked if r["query_id"] == query]
+        assert [r["rank"] for r in rows] == list(range(1, 9))
+        assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
