@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.bench.data import text_pairs
+
 
 def rank_per_query(table: pa.Table, scores: np.ndarray) -> pa.Table:
     """`query_id, candidate_id, score, rank`: by query, best first (rank 1)."""
@@ -48,10 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     table = pq.read_table(args.pairs, columns=["query_id", "candidate_id", "query_text", "candidate_text"])
     model = CrossEncoder(args.model, device="cpu")
-    pairs = list(
-        zip(table.column("query_text").to_pylist(), table.column("candidate_text").to_pylist(), strict=True)
-    )
-    scores = model.predict(pairs, show_progress_bar=False)
+    scores = model.predict(text_pairs(table), show_progress_bar=False)
     pq.write_table(rank_per_query(table, np.asarray(scores)), args.output)
 
 

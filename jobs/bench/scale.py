@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder
-from jobs.bench.data import skewed_pairs
+from jobs.bench.data import skewed_pairs, text_pairs
 from schemas.settings import SettingError
 
 SAMPLE_PAIRS = 2000  # pairs preprocessed on the driver to learn the mean token count
@@ -67,12 +67,6 @@ def write_shards(table: pa.Table, directory: str, shards: int, row_group_rows: i
     return directory
 
 
-def _pairs(table: pa.Table) -> list:
-    return list(
-        zip(table.column("query_text").to_pylist(), table.column("candidate_text").to_pylist(), strict=True)
-    )
-
-
 def predict_run(model: str, table: pa.Table, threads: int) -> dict:
     """`CrossEncoder.predict` over every pair, as a user would call it (its default batch size, 32)."""
     import torch
@@ -81,7 +75,7 @@ def predict_run(model: str, table: pa.Table, threads: int) -> dict:
     started = time.perf_counter()
     encoder = load_cross_encoder(RerankerSpec(model=model, device="cpu"))
     loaded = time.perf_counter()
-    encoder.predict(_pairs(table), show_progress_bar=False)
+    encoder.predict(text_pairs(table), show_progress_bar=False)
     ended = time.perf_counter()
     return {
         "wall_s": ended - started,
@@ -104,6 +98,17 @@ def running_cluster(cpus: int) -> Iterator[str]:
         ray.shutdown()
 
 
+def timed_run(cmd: list[str], env: dict) -> float:
+    """Run `cmd` (`python -m MODULE ...`) to its exit; seconds from launch to exit. A failure raises with
+    the module's name and the end of its stderr."""
+    started = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[2]} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return wall
+
+
 def rerank_run(
     model: str, pairs: str, output: str, rows: int, args: list[str], address: str | None = None
 ) -> dict:
@@ -116,11 +121,7 @@ def rerank_run(
         cmd += ["--ray-address", address]
         env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"jobs.rerank exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    wall = timed_run(cmd, env)
     with open(os.path.join(output, "manifest.json")) as f:
         manifest = json.load(f)
     score_s = manifest["timings"]["score_s"]
@@ -140,11 +141,7 @@ def predict_script_run(model: str, pairs: str, output: str, rows: int, threads: 
     cmd = [sys.executable, "-m", "jobs.bench.predict_script", "--pairs", pairs, "--model", model]
     cmd += ["--output", os.path.join(output, "ranked.parquet"), "--threads", str(threads)]
     os.makedirs(output, exist_ok=True)
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env={**os.environ, **JOB_ENV}, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"predict_script exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    wall = timed_run(cmd, {**os.environ, **JOB_ENV})
     return {"wall_s": wall, "pairs_per_s": rows / wall}
 
 
@@ -270,7 +267,7 @@ def mean_tokens(model: str, table: pa.Table) -> float:
     from actors.features import Featurizer
 
     encoder = load_cross_encoder(RerankerSpec(model=model), weights=False)
-    features, _ = Featurizer(encoder, None)(_pairs(table.slice(0, SAMPLE_PAIRS)))
+    features, _ = Featurizer(encoder, None)(text_pairs(table.slice(0, SAMPLE_PAIRS)))
     return float(np.mean([f.tokens for f in features if f is not None]))
 
 

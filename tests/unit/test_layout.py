@@ -1,5 +1,6 @@
 """The house rules a newcomer relies on: the shipped packages never import `tests`, layers only import
-downwards (jobs → pipelines → actors → schemas), no module outside tests grows past ~400 lines, and the top level is the layout DESIGN.md fixes."""
+downwards (jobs → pipelines → actors → schemas), no module outside tests grows past ~400 lines, and the top
+level is the layout DESIGN.md fixes."""
 
 from __future__ import annotations
 
