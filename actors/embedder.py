@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from actors.element_inputs import build_elements
+from actors.elements import build_elements
 from actors.model_source import materialize
 from actors.model_spec import ModelSpec, resolve_device_and_dtype
 from actors.rows import RowErrors, isolate_failures, replace_columns

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from actors.embedder import EmbedderSpec
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec
+from actors.reranker.spec import RerankerSpec
 from jobs.cli import SettingsParser, run_job
 from jobs.demo_assets import build_demo
 from schemas.settings import at_least, setting
@@ -62,9 +62,9 @@ def run(args: DemoConfig, _checked=None) -> str:
     assets = build_demo(out)
 
     from jobs.refresh import summary as refresh_summary
-    from pipelines.evaluate import format_summary
-    from pipelines.io import read_json
-    from pipelines.refresh import RefreshConfig, run_refresh
+    from pipelines.evaluate.pipeline import format_summary
+    from pipelines.refresh.pipeline import RefreshConfig, run_refresh
+    from pipelines.storage.uris import read_json
 
     root = os.path.join(out, "refresh")
     pool = PoolSpec(torch_threads=args.torch_threads)
@@ -101,8 +101,8 @@ def run(args: DemoConfig, _checked=None) -> str:
 def _multimodal_part(assets, out: str, pool: PoolSpec) -> None:
     from jobs.demo_assets.tiny_vlm import build_demo_vlm
     from jobs.rerank import summary
-    from pipelines.rerank import RerankConfig
-    from pipelines.rerank_run import run_rerank
+    from pipelines.rerank.pipeline import RerankConfig
+    from pipelines.rerank.run import run_rerank
 
     vlm = os.path.join(out, "models", "tiny-qwen2vl-reranker")
     if not os.path.exists(os.path.join(vlm, "modules.json")):

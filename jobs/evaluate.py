@@ -16,8 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from jobs.cli import SettingsParser, run_job
-from pipelines.eval_runs import RunInputError, parse_run_spec
-from pipelines.evaluate import (
+from pipelines.evaluate.pipeline import (
     DEFAULT_KS,
     METRICS_FILE,
     check_output,
@@ -25,7 +24,8 @@ from pipelines.evaluate import (
     prepare_evaluation,
     run_evaluation,
 )
-from pipelines.evaluate_report import PLOT_FILE, REPORT_FILE
+from pipelines.evaluate.report import PLOT_FILE, REPORT_FILE
+from pipelines.evaluate.runs import RunInputError, parse_run_spec
 from schemas.settings import setting
 
 RUN_HELP = (

@@ -8,7 +8,7 @@ Two things in Ray 2.60 send traffic beyond loopback from a local instance on Lin
   endpoints through `requests` at start-up (169.254.169.254 and a DNS lookup of metadata.google.internal),
   whether or not usage stats are enabled. The proxy variables send every HTTP(S) request for a host that is
   not loopback to a closed loopback port, where it fails at once; loopback hosts bypass it. The job's own
-  media fetcher ignores proxy variables and vets addresses itself (`actors.media_http`).
+  media fetcher ignores proxy variables and vets addresses itself (`actors.media.http_client`).
 
 Set it before Ray is imported, and only for a local instance: a driver that joins a cluster on another
 machine must advertise its own outward address.

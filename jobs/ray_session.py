@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipelines import progress
+from pipelines.runs import progress
 
 
 def connect(address: str | None = None, progress_interval: float = 30.0) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import SettingsParser, run_job
-from pipelines.refresh import RefreshConfig
+from pipelines.refresh.pipeline import RefreshConfig
 from schemas.tables import TooManyErrors
 
 
@@ -60,8 +60,8 @@ def summary(manifest: dict) -> str:
 
 def check(cfg: RefreshConfig) -> None:
     """The inputs and the run directory, before a Ray instance is started or joined."""
-    from pipelines.publish import RunLayout
-    from pipelines.refresh import check_inputs, refuse_existing_run
+    from pipelines.refresh.pipeline import check_inputs, refuse_existing_run
+    from pipelines.refresh.publish import RunLayout
 
     check_inputs(cfg)
     if cfg.run_id is not None:  # otherwise a new run id is made when the run begins
@@ -69,7 +69,7 @@ def check(cfg: RefreshConfig) -> None:
 
 
 def run(cfg: RefreshConfig, _checked=None) -> str:
-    from pipelines.refresh import run_refresh
+    from pipelines.refresh.pipeline import run_refresh
 
     manifest = run_refresh(cfg)
     if (manifest["rerank"].get("errors") or {}).get("exceeded"):

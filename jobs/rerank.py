@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import SettingsParser, run_job
-from pipelines.rerank import RerankConfig
+from pipelines.rerank.pipeline import RerankConfig
 from schemas.tables import TooManyErrors
 
 
@@ -53,15 +53,15 @@ def summary(manifest: dict, output: str) -> str:
 
 def check(cfg: RerankConfig) -> None:
     """The pairs and the output, before a Ray instance is started or joined."""
-    from pipelines.rerank import check_pairs
-    from pipelines.rerank_run import held_run
+    from pipelines.rerank.pipeline import check_pairs
+    from pipelines.rerank.run import held_run
 
     check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
     held_run(cfg)  # refuses an output this request may not have
 
 
 def run(cfg: RerankConfig, _checked=None) -> str:
-    from pipelines.rerank_run import run_rerank
+    from pipelines.rerank.run import run_rerank
 
     manifest = run_rerank(cfg)
     text = summary(manifest, cfg.output)

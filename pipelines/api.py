@@ -22,13 +22,20 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from actors.media_loader import MEDIA_COLUMNS, MediaSpec
+from actors.media.loader import MEDIA_COLUMNS, MediaSpec
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec
-from pipelines.rerank import RERANK_CHAIN, PairsPlan, RerankConfig, Reranked, rank_scored, score_pairs
-from pipelines.stages import check_chain
-from pipelines.validate_pairs import ALL_COLUMNS, resolve_keep
+from actors.reranker.spec import RerankerSpec
+from pipelines.rerank.pipeline import (
+    RERANK_CHAIN,
+    PairsPlan,
+    RerankConfig,
+    Reranked,
+    rank_scored,
+    score_pairs,
+)
+from pipelines.rerank.validate import ALL_COLUMNS, resolve_keep
 from schemas import columns as c
+from schemas.stages import check_chain
 from schemas.tables import InputError, check_pairs_schema
 
 __all__ = [

@@ -25,7 +25,7 @@ BEIR_TEXT = "text"
 BEIR_QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 # Embedding tables and the score cache of the nightly refresh.
-CONTENT_HASH = "content_hash"  # sha256 of a row's canonical content (see pipelines.content_hash)
+CONTENT_HASH = "content_hash"  # sha256 of a row's canonical content (see pipelines.refresh.content_hash)
 EMBEDDING = "embedding"  # fixed_size_list<float32>[dim]
 EMBEDDING_MODEL = "embedding_model"  # "<model id>@<revision>" that produced the embedding
 EMBEDDED_RUN = "embedded_run"  # the run id that computed the embedding (older than this run when reused)
@@ -54,13 +54,17 @@ ROW_TOKENS = "__tokens"  # real (unpadded) tokens of the scored pair
 ROW_PADDED = "__padded_tokens"  # tokens the pair occupied in its padded micro-batch
 ROW_CACHED_SCORE = "__cached_score"  # a score known from an earlier run: the row is not scored again
 ROW_UNSORTED_PADDED = "__unsorted_padded_tokens"  # same, had the rows gone in input order, 32 per batch
-ROW_CACHE_KEY = "__cache_key"  # the pair's score-cache key (see pipelines.score_cache)
-ROW_SIDE = "__side"  # which input of a co-partitioned join a row came from (see pipelines.keyed_join)
-ROW_KEY = "__row_key"  # a stable key of the input row: file index << 40 | row in file (pipelines.checkpoint)
+ROW_CACHE_KEY = "__cache_key"  # the pair's score-cache key (see pipelines.refresh.score_cache)
+ROW_SIDE = "__side"  # which input of a co-partitioned join a row came from (see pipelines.refresh.join)
+ROW_KEY = (
+    "__row_key"  # a stable key of the input row: file index << 40 | row in file (pipelines.runs.checkpoint)
+)
 
-ROW_INPUT_IDS = "__input_ids"  # a pair's real token ids (list<int32>, unpadded): actors.features
-ROW_FEATURES = "__features"  # a pair's other processor outputs (pickled; null for text): actors.features
-# The scoring actor's time on a block, on the block's first row (0 on the others): see actors.reranker.
+ROW_INPUT_IDS = "__input_ids"  # a pair's real token ids (list<int32>, unpadded): actors.reranker.features
+ROW_FEATURES = (
+    "__features"  # a pair's other processor outputs (pickled; null for text): actors.reranker.features
+)
+# The scoring actor's time on a block, on the block's first row (0 on the others): see actors.reranker.worker.
 ROW_PREPROCESS_S = "__preprocess_s"  # the actor's own preprocessing of the block (--preprocess-tasks 0)
 ROW_COLLATE_S = "__collate_s"
 ROW_FORWARD_S = "__forward_s"

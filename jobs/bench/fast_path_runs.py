@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from actors.model_spec import resolve_device_and_dtype
-from actors.reranker import RerankWorker
+from actors.reranker.worker import RerankWorker
 from jobs.bench.data import SHORT_DOCUMENTS, skewed_pairs, text_pairs
 from schemas import columns as c
 

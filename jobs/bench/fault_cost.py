@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from jobs.bench.data import LengthSpec, skewed_pairs
 from jobs.loopback import keep_local_ray_on_loopback
-from pipelines.checkpoint import Checkpoint
+from pipelines.runs.checkpoint import Checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

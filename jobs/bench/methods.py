@@ -3,7 +3,7 @@
 (a) `rank_loop`: one `CrossEncoder.rank(query, documents)` call per query, what a user writes by hand;
 (b) `predict_all`: one `CrossEncoder.predict` over every pair at its default batching (32 pairs, sorted by
     characters); (c) `bare_forward`: only the model forward over the pipeline's own micro-batches,
-    tokenised beforehand, no Ray; (d) `pipeline`: `pipelines.rerank_run.run_rerank` end to end on Ray, timed
+    tokenised beforehand, no Ray; (d) `pipeline`: `pipelines.rerank.run.run_rerank` end to end on Ray, timed
     from inside its actors as well (`TimedRerankWorker`).
 Each returns a `Timed`: wall seconds, the scores (for parity), and what was padded.
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from actors.fast_paths import finish_scores
-from actors.reranker import PACK_MIN_FILL, RerankWorker
+from actors.reranker.fast_paths import finish_scores
+from actors.reranker.worker import PACK_MIN_FILL, RerankWorker
 from actors.token_budget import MicroBatch, pack_by_tokens
 from jobs.bench.data import text_pairs
 from schemas import columns as c
@@ -208,7 +208,7 @@ def pipeline(cfg, work: Workload, pairs_dir: str, output: str) -> Timed:
     import pyarrow.parquet as pq
     import ray
 
-    from pipelines.rerank_run import run_rerank
+    from pipelines.rerank.run import run_rerank
 
     clock = _clock()
     ray.get(clock.drain.remote())

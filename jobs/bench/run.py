@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pyarrow.parquet as pq
 
-from actors.fast_paths import apply_fast_paths
 from actors.model_spec import resolve_device_and_dtype
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec, load_cross_encoder
+from actors.reranker.fast_paths import apply_fast_paths
+from actors.reranker.spec import RerankerSpec
+from actors.reranker.worker import load_cross_encoder
 from jobs.bench import methods as bm
 from jobs.bench import scale
 from jobs.bench.data import (
@@ -32,8 +33,8 @@ from jobs.bench.data import (
 )
 from jobs.bench.fast_path_runs import fast_path_report, fast_path_variants, median, ties
 from jobs.bench.models import MODEL_CONFIGS, flops_per_pair, peak_tflops
-from pipelines.rerank import RerankConfig
-from pipelines.run_info import library_versions
+from pipelines.rerank.pipeline import RerankConfig
+from pipelines.runs.info import library_versions
 from schemas import columns as c
 from schemas.settings import SettingError, at_least, setting, validate_nested
 

@@ -33,7 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.reranker import RerankerSpec, RerankWorker, load_cross_encoder
+from actors.reranker.spec import RerankerSpec
+from actors.reranker.worker import RerankWorker, load_cross_encoder
 from jobs.bench.data import skewed_pairs, text_pairs
 from schemas.settings import SettingError
 
@@ -264,7 +265,7 @@ def simulated_worker(seconds_per_token: float) -> type:
 
 
 def mean_tokens(model: str, table: pa.Table) -> float:
-    from actors.features import Featurizer
+    from actors.reranker.features import Featurizer
 
     encoder = load_cross_encoder(RerankerSpec(model=model), weights=False)
     features, _ = Featurizer(encoder, None)(text_pairs(table.slice(0, SAMPLE_PAIRS)))
@@ -273,7 +274,7 @@ def mean_tokens(model: str, table: pa.Table) -> float:
 
 def run_simulation(cfg, model: str, rates: list[float]) -> dict:
     """`--simulate-rates`: one pipeline run per rate on `cfg.num_pairs` pairs. Assumes `ray.init`."""
-    from pipelines.rerank_run import run_rerank
+    from pipelines.rerank.run import run_rerank
 
     table = skewed_pairs(cfg.num_pairs, cfg.per_query, cfg.lengths, cfg.seed)
     tokens = mean_tokens(model, table)

@@ -15,11 +15,11 @@ import tempfile
 import numpy as np
 import pyarrow.parquet as pq
 
-from actors.reranker import PACK_MIN_FILL, load_cross_encoder
+from actors.reranker.worker import PACK_MIN_FILL, load_cross_encoder
 from jobs.bench import methods as bm
 from jobs.bench.data import skewed_pairs
 from jobs.bench.run import BenchConfig
-from pipelines.run_info import library_versions
+from pipelines.runs.info import library_versions
 
 SWEEPABLE = {
     "batch_tokens": "bare_forward",

@@ -15,9 +15,9 @@ import pytest
 import pytrec_eval
 from scipy import stats
 
-from pipelines.eval_runs import RunInputError
-from pipelines.evaluate import evaluate_runs
-from pipelines.metrics import metric_names
+from pipelines.evaluate.metrics import metric_names
+from pipelines.evaluate.pipeline import evaluate_runs
+from pipelines.evaluate.runs import RunInputError
 
 REPO = Path(__file__).resolve().parents[2]
 KS = [1, 3, 5, 10, 100]

@@ -9,8 +9,14 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
-from actors.fast_paths import PrefixReuse, apply_fast_paths, shared_prefix_length, to_hidden_state_chain
-from actors.reranker import RerankerSpec, RerankWorker
+from actors.reranker.fast_paths import (
+    PrefixReuse,
+    apply_fast_paths,
+    shared_prefix_length,
+    to_hidden_state_chain,
+)
+from actors.reranker.spec import RerankerSpec
+from actors.reranker.worker import RerankWorker
 from actors.token_budget import pack_by_groups
 from schemas import columns as c
 from tests.pairs_data import WORDS as PAIR_WORDS

@@ -22,12 +22,14 @@ import ray
 from sentence_transformers import CrossEncoder
 
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec, RerankWorker
+from actors.reranker.spec import RerankerSpec
+from actors.reranker.worker import RerankWorker
 from jobs import rerank as job
-from pipelines import io, progress
-from pipelines.checkpoint import Checkpoint
-from pipelines.rerank import RerankConfig
-from pipelines.rerank_run import run_rerank
+from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.run import run_rerank
+from pipelines.runs import progress
+from pipelines.runs.checkpoint import Checkpoint
+from pipelines.storage import uris
 from schemas.tables import JobFailed
 from tests.conftest import REPO
 from tests.pairs_data import WORDS, write_shards
@@ -147,7 +149,7 @@ def test_a_killed_driver_resumes_from_committed_pieces(ray_session, tmp_path, qw
     assert not (out / "manifest.json").exists()
 
     assert job.main(argv) == 0  # same run id: resumes at once (the dead driver's lease is taken over)
-    manifest = io.read_json(str(out / "manifest.json"))
+    manifest = uris.read_json(str(out / "manifest.json"))
     counts = manifest["counts"]
     assert counts["pairs_resumed"] >= committed > 0
     assert counts["pairs_scored_this_run"] == table.num_rows - counts["pairs_resumed"] < table.num_rows
@@ -181,7 +183,7 @@ def test_run_identity_and_a_second_driver_fail_in_one_line(ray_session, tmp_path
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         holder = f"{socket.gethostname()}:{sleeper.pid}"
-        io.write_json(
+        uris.write_json(
             str(tmp_path / "out2" / "_lease.json"),
             {"holder": holder, "host": socket.gethostname(), "pid": sleeper.pid, "heartbeat": time.time()},
         )

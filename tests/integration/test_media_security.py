@@ -14,10 +14,10 @@ import pytest
 import ray
 from sentence_transformers import CrossEncoder
 
-from actors.media_loader import MediaSpec
-from actors.reranker import RerankerSpec
-from pipelines.rerank import RerankConfig, media_stage
-from pipelines.validate_pairs import validate_pairs
+from actors.media.loader import MediaSpec
+from actors.reranker.spec import RerankerSpec
+from pipelines.rerank.pipeline import RerankConfig, media_stage
+from pipelines.rerank.validate import validate_pairs
 from tests.integration.test_multimodal import bad, good, image, run_and_check
 from tests.media_files import make_image, serve
 from tests.pairs_data import write_shards

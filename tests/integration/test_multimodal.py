@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 from sentence_transformers import CrossEncoder
 
-from actors.media_loader import MediaSpec
+from actors.media.loader import MediaSpec
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec, RerankWorker
-from pipelines.rerank import RerankConfig
-from pipelines.rerank_run import run_rerank
+from actors.reranker.spec import RerankerSpec
+from actors.reranker.worker import RerankWorker
+from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.run import run_rerank
 from tests.media_files import (
     closed_port,
     http_server,
@@ -436,8 +437,8 @@ def test_media_stage_runs_in_cpu_tasks_not_in_the_scoring_actors(ray_session, tm
     not be fused into them (fetching and decoding never run inside a scoring actor)."""
     import ray
 
-    from pipelines.rerank import media_stage, score_stage
-    from pipelines.validate_pairs import validate_pairs
+    from pipelines.rerank.pipeline import media_stage, score_stage
+    from pipelines.rerank.validate import validate_pairs
 
     pq.write_table(
         pa.table({"query_id": ["q"], "candidate_id": ["d"], "candidate_image": ["/x.png"]}),

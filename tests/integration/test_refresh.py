@@ -20,16 +20,17 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from actors.embedder import EmbedderSpec, EmbedWorker
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec, RerankWorker
-from pipelines import io
-from pipelines.driver_io import clustered_by_query
-from pipelines.evaluate import evaluate_runs
-from pipelines.publish import read_latest
-from pipelines.refresh import RefreshConfig, run_refresh
-from pipelines.retrieve import retrieve
-from pipelines.run_info import resolved_dtype, value_key
-from pipelines.score_cache import ScoreCache
-from pipelines.validate_pairs import validate_pairs
+from actors.reranker.spec import RerankerSpec
+from actors.reranker.worker import RerankWorker
+from pipelines.evaluate.pipeline import evaluate_runs
+from pipelines.refresh.pipeline import RefreshConfig, run_refresh
+from pipelines.refresh.publish import read_latest
+from pipelines.refresh.retrieve import retrieve
+from pipelines.refresh.score_cache import ScoreCache
+from pipelines.rerank.validate import validate_pairs
+from pipelines.runs.info import resolved_dtype, value_key
+from pipelines.storage import uris
+from pipelines.storage.tables import clustered_by_query
 from tests.media_files import make_image
 
 VOCABULARY = (
@@ -385,7 +386,7 @@ def test_small_tables_on_the_driver_equal_the_cluster_path(ray_session, data, ni
     retrieval = {
         "corpus_embeddings": str(run / "embeddings" / "corpus"),
         "query_embeddings": str(run / "embeddings" / "queries"),
-        "corpus_files": io.list_parquet(str(data["corpus1"])),
+        "corpus_files": uris.list_parquet(str(data["corpus1"])),
         "query_files": [str(data["tmp"] / "queries.parquet")],
         "k": K,
         "metric": "cosine",

@@ -15,7 +15,7 @@ import ray
 from ray.data.expressions import col
 from sentence_transformers import CrossEncoder
 
-from actors.reranker import RerankerSpec
+from actors.reranker.spec import RerankerSpec
 from pipelines.api import rerank_dataset, rerank_pairs
 from tests.pairs_data import WORDS
 

@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import CrossEncoder
 
-from actors.features import Featurizer
 from actors.pool import PoolSpec
-from actors.reranker import RerankerSpec, RerankWorker
-from pipelines.read_pairs import read_keyed_pairs
-from pipelines.rerank import PairsPlan, RerankConfig, score_pairs
-from pipelines.rerank_run import run_rerank
+from actors.reranker.features import Featurizer
+from actors.reranker.spec import RerankerSpec
+from actors.reranker.worker import RerankWorker
+from pipelines.rerank.pipeline import PairsPlan, RerankConfig, score_pairs
+from pipelines.rerank.read import read_keyed_pairs
+from pipelines.rerank.run import run_rerank
 from tests.pairs_data import WORDS, adversarial_pairs, write_shards
 
 

@@ -1,0 +1,1 @@
+"""Input tables from the files users have: Parquet, JSON Lines, CSV, and BEIR directories."""

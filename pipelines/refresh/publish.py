@@ -1,0 +1,142 @@
+"""Where a refresh run lives, how its stages resume, and how a finished run is published.
+
+```
+ROOT/LATEST                        the published run id (replaced atomically, only after a run succeeds)
+ROOT/score_cache/<reranker key>/   reranker scores across nights (pipelines.refresh.score_cache)
+ROOT/runs/<run_id>/
+    inputs/corpus/ inputs/queries/ JSON Lines, CSV or BEIR inputs copied to Parquet (pipelines.refresh.inputs)
+    embeddings/corpus/ embeddings/queries/   embedding shards (doc_id/query_id, content_hash, model, vector)
+    embed_errors/corpus/ embed_errors/queries/
+    candidates/                    retrieved pairs, query-clustered, sorted by retrieval_rank
+    ranked/ errors/                the rerank output (pipelines.rerank.pipeline)
+    eval/                          metrics when qrels are given
+    _stages/<stage>.json           a finished stage and its counts: a resumed run skips it
+    _started.json                  when the run was first started: LATEST only moves to a later start
+    manifest.json                  written last: its presence means the run is complete
+```
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+
+from pipelines.storage import uris
+
+STAGES = ("read_inputs", "embed_corpus", "embed_queries", "retrieve", "rerank", "score_cache", "evaluate")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: str
+    run_id: str
+
+    @property
+    def run_dir(self) -> str:
+        return uris.join(self.root, "runs", self.run_id)
+
+    @property
+    def latest(self) -> str:
+        return uris.join(self.root, "LATEST")
+
+    @property
+    def score_cache(self) -> str:
+        return uris.join(self.root, "score_cache")
+
+    @property
+    def manifest(self) -> str:
+        return uris.join(self.run_dir, "manifest.json")
+
+    def embeddings(self, side: str) -> str:
+        return uris.join(self.run_dir, "embeddings", "corpus" if side == "document" else "queries")
+
+    def embed_errors(self, side: str) -> str:
+        return uris.join(self.run_dir, "embed_errors", "corpus" if side == "document" else "queries")
+
+    @property
+    def candidates(self) -> str:
+        return uris.join(self.run_dir, "candidates")
+
+    @property
+    def evaluation(self) -> str:
+        return uris.join(self.run_dir, "eval")
+
+    @property
+    def started(self) -> str:
+        return uris.join(self.run_dir, "_started.json")
+
+    def stage_marker(self, stage: str) -> str:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        return uris.join(self.run_dir, "_stages", f"{stage}.json")
+
+
+def read_latest(root: str) -> str | None:
+    """The run id `ROOT/LATEST` names, or None before the first published run."""
+    path = uris.join(root, "LATEST")
+    if not uris.exists(path):
+        return None
+    fs, p = uris.filesystem(path)
+    run_id = fs.cat_file(p).decode().strip()
+    return run_id or None
+
+
+def publish_latest(root: str, run_id: str) -> None:
+    """Point `ROOT/LATEST` at `run_id`: write a temporary file beside it, then rename over it (atomic on
+    a local filesystem; on object stores the final PUT replaces the object whole)."""
+    fs, path = uris.filesystem(uris.join(root, "LATEST"))
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(tmp, (run_id + "\n").encode())
+    fs.mv(tmp, path)
+
+
+def finished(layout: RunLayout, stage: str, config_key: str) -> dict | None:
+    """The recorded result of `stage` when this run already finished it with the same configuration."""
+    marker = layout.stage_marker(stage)
+    if not uris.exists(marker):
+        return None
+    record = uris.read_json(marker)
+    if record.get("config_key") != config_key:
+        raise ValueError(
+            f"run {layout.run_id!r} at {layout.run_dir} was started with a different configuration; "
+            "resume it with the same flags or choose another --run-id"
+        )
+    return record["result"]
+
+
+def mark_finished(layout: RunLayout, stage: str, config_key: str, result: dict) -> None:
+    uris.write_json(layout.stage_marker(stage), {"stage": stage, "config_key": config_key, "result": result})
+
+
+def mark_started(layout: RunLayout) -> float:
+    """Record when this run was first started (kept across resumes); returns that time (epoch seconds)."""
+    if uris.exists(layout.started):
+        return float(uris.read_json(layout.started)["started_at"])
+    now = time.time()
+    uris.write_json(
+        layout.started, {"started_at": now, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+    )
+    return now
+
+
+def started_at(layout: RunLayout) -> float | None:
+    return float(uris.read_json(layout.started)["started_at"]) if uris.exists(layout.started) else None
+
+
+def publish_decision(layout: RunLayout) -> str | None:
+    """None when this run may become LATEST; else why not. LATEST only moves forward: a run first started
+    before the published one (an older night resumed late) never replaces it. Start times come from each
+    run's driver clock."""
+    latest = read_latest(layout.root)
+    if latest is None or latest == layout.run_id:
+        return None
+    theirs, mine = started_at(RunLayout(layout.root, latest)), started_at(layout)
+    if theirs is None or mine is None or mine > theirs:
+        return None
+    return (
+        f"LATEST stays at {latest!r}, which was started after this run; LATEST only moves forward "
+        "(this run's output is complete under its run directory)"
+    )
