@@ -1,14 +1,17 @@
-"""Blocks whose scoring kills the actor (out of memory, a native crash): found, bisected, their killers
-turned into error rows.
+"""Blocks whose scoring kills the actor (out of memory, a native crash): found, bisected, and a pair turned
+into an error row only on evidence.
 
 Before an actor scores a block it writes a marker (`<output>/_scored/.attempts/<block>.json`, the block
 named by a hash of its row keys) and removes it when the block is done. A marker found on arrival means an
 earlier attempt of this very block died with its actor (Ray restarts the actor and retries the block, within
 `--max-restarts` / `--max-task-retries`). Such a block is scored in parts, the marker saying which part is
 being tried and keeping the scores of the parts that finished: a part that dies again is halved on the next
-attempt, and a single pair that dies alone is a killer, written as an error row. A block of n pairs with
-one killer needs about log2(n) + 1 attempts; when the retries run out first, the job fails, and
-`describe_stuck` names the first pairs of each block left in quarantine.
+attempt. A single pair is convicted (written as an error row) only after it killed an actor twice while
+tried alone (`CONVICT_AFTER`): one death can be the cluster's (a preempted node, a killed driver), not the
+pair's, so an unrelated death of a one-row block's actor costs a retry, not the pair. A block of n pairs with
+one killer needs about log2(n) + 2 attempts; when the retries run out first, the job fails, and
+`describe_stuck` names the first pairs of each block that died at least once. Markers of blocks that were
+merely in flight when a driver died carry no death and are cleared when the run resumes (`clear`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def _write(uri: str, payload: dict) -> None:
 
 
 KILLED = "killed its scoring actor on every attempt (out of memory or a crash), isolated by bisection"
+CONVICT_AFTER = 2  # deaths of an actor while this pair alone was being scored
 
 
 class Quarantine:
@@ -77,12 +81,19 @@ class Quarantine:
         done = state.get("done", {})
         suspects = [tuple(r) for r in state.get("suspects", [])]
         killers = list(state.get("killers", []))
-        lo, hi = state["trying"]
-        if hi - lo == 1:
-            killers.append(lo)
-        else:
-            mid = (lo + hi) // 2
-            suspects = [(lo, mid), (mid, hi), *suspects]
+        self.alone = {int(k): v for k, v in state.get("alone", {}).items()}  # position -> deaths alone
+        self.deaths = int(state.get("deaths", 0)) + 1  # the attempt that left this marker died
+        if state.get("trying") is not None:
+            lo, hi = state["trying"]
+            if hi - lo == 1:
+                self.alone[lo] = self.alone.get(lo, 0) + 1
+                if self.alone[lo] >= CONVICT_AFTER:
+                    killers.append(lo)
+                else:  # one death is no evidence: the node, not the pair, may have died
+                    suspects = [(lo, hi), *suspects]
+            else:
+                mid = (lo + hi) // 2
+                suspects = [(lo, mid), (mid, hi), *suspects]
         self.done = {int(k): v for k, v in done.items()}
         self.killers = killers
         while suspects:
@@ -111,6 +122,8 @@ class Quarantine:
                 "suspects": [list(r) for r in suspects],
                 "killers": killers,
                 "done": self.done,
+                "alone": self.alone,
+                "deaths": self.deaths,
             },
         )
 
@@ -120,13 +133,16 @@ def describe_stuck(directory: str) -> str | None:
     fs, path = _fs(directory)
     if not fs.exists(path):
         return None
+    fs.invalidate_cache(path)
     names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".json"))
-    if not names:
-        return None
     markers = []
     for name in names:
         with fs.open(name, "r") as f:
-            markers.append(json.load(f))
+            marker = json.load(f)
+        if marker.get("deaths", 0) > 0:  # blocks merely in flight when the job stopped are not named
+            markers.append(marker)
+    if not markers:
+        return None
     first = markers[0]
     return (
         f"{len(markers)} block(s) kept killing their scoring actor and the retries ran out before the pairs "
@@ -134,3 +150,13 @@ def describe_stuck(directory: str) -> str | None:
         f"{', '.join(first['first_ids'])}; raise --max-task-retries and --max-restarts (about log2(block "
         "rows) + 2) to isolate them, or remove those pairs"
     )
+
+
+def clear(directory: str | None) -> None:
+    """Remove every marker: what a resumed run does first, so blocks in flight when an earlier driver died
+    start afresh instead of being taken for blocks that kill their actor."""
+    if directory is None:
+        return
+    fs, path = _fs(directory)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

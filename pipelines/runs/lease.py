@@ -1,10 +1,17 @@
-"""One driver per run: a lease file with a heartbeat, and the record of what a run is (its identity).
+"""One driver per run: a fenced lease with a heartbeat, and the record of what a run is (its identity).
 
-`<output>/_lease.json` names the driver that holds the run (host, pid) and when it last beat. A second
-driver with the same output fails at once naming the holder; a lease whose holder is gone is taken over:
-on the same host at once (its pid is no longer alive), elsewhere when its heartbeat is older than
-`LEASE_TTL_S`. Object stores have no atomic create-if-absent here, so two drivers starting within the same
-second can both win; the lease guards the common case (a second submission, a retried job), not a race.
+`<output>/_lease.json` names the driver that holds the run (host, pid, the process's start time), a random
+token and a generation that grows with every acquisition. It is created only if absent (`O_EXCL`-style on a
+local disk, `If-None-Match: *` on object storage) and renewed only while it is still the one this driver
+wrote (a lock around read-compare-write on a local disk, `If-Match: <ETag>` on object storage), so two
+drivers can never both hold it. A driver whose renewal finds another holder has lost the run: it stops
+before committing anything more (its main thread is interrupted within one heartbeat) and exits 2 naming
+the new holder; the scoring actors check the fence (`check_fence`) before they commit a piece.
+
+A lease is taken over when its holder is gone: on the same host at once when its process is gone or the
+pid now belongs to another process (compared by start time, so a restarted pod with a reused pid is not
+refused); anywhere when its last renewal is older than the TTL. That age is measured on the store's own
+clock (the lease object's modification time against a probe object written now), never the holder's.
 
 `<output>/_run.json` records the run id and every field that decides the output (model fingerprint,
 settings that change a score, top-k, the input files with sizes and modification times or ETags). A rerun
@@ -14,11 +21,15 @@ whose fields differ fails naming what changed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pipelines.storage import uris
@@ -26,30 +37,170 @@ from schemas.tables import InputError
 
 LEASE_TTL_S = 60.0
 HEARTBEAT_S = 10.0
+LEASE_FILE = "_lease.json"
+
+
+class LeaseLost(InputError):
+    """This driver's lease was taken over: another driver now holds the run."""
+
+
+def process_start(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, from /proc), which tells a reused pid apart; None
+    where it cannot be read (no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class _Store:
+    """Create-if-absent, read with a version, replace-if-unchanged and the store's own clock, for one
+    object: local files (a lock file serialises read-compare-write) or object storage (ETag conditions)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.path = uris.filesystem(uri)
+        self.local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self.local:
+            yield
+            return
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self) -> tuple[dict, str] | None:
+        """(content, version) or None when absent."""
+        try:
+            if self.local:
+                with open(self.path, "rb") as f:
+                    data = f.read()
+                return json.loads(data), hashlib.sha256(data).hexdigest()
+            self.fs.invalidate_cache(self.path)
+            info = self.fs.info(self.path)
+            data = self.fs.cat_file(self.path)
+            return json.loads(data), str(info.get("ETag"))
+        except FileNotFoundError:
+            return None
+
+    def write(self, payload: dict, version: str | None) -> bool:
+        """Write `payload` if the object is still at `version` (None: if it is absent). False when not."""
+        data = json.dumps(payload).encode()
+        if self.local:
+            with self._locked():
+                current = self.read()
+                if (current[1] if current else None) != version:
+                    return False
+                tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+                return True
+        bucket, key, _ = self.fs.split_path(self.path)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except Exception as exc:  # botocore's ClientError, as s3fs translates it (or not)
+            if (
+                isinstance(exc, FileExistsError)
+                or _precondition_failed(exc)
+                or _precondition_failed(exc.__cause__)
+            ):
+                return False
+            raise
+        finally:
+            self.fs.invalidate_cache(self.path)
+        return True
+
+    def remove(self, version: str) -> None:
+        with self._locked():
+            current = self.read()
+            if current is not None and current[1] == version:
+                self.fs.rm(self.path)
+
+    def age(self) -> float | None:
+        """Seconds since the object was last written, on the store's clock; None when absent."""
+        probe = f"{self.path}.clock-{uuid.uuid4().hex}"
+        try:
+            self.fs.invalidate_cache(self.path)
+            then = _mtime(self.fs.info(self.path))
+        except FileNotFoundError:
+            return None
+        self.fs.pipe_file(probe, b"")
+        try:
+            now = _mtime(self.fs.info(probe))
+        finally:
+            self.fs.rm(probe)
+        return now - then
+
+
+def _precondition_failed(exc: BaseException | None) -> bool:
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+
+
+def _mtime(info: dict) -> float:
+    value = info.get("mtime") or info.get("LastModified") or info.get("created")
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 @dataclass
 class Lease:
+    """`with Lease(output):` holds the run for this driver; raises InputError when a live driver holds it,
+    and LeaseLost (from the `with` body) when another driver takes it over meanwhile."""
+
     output: str
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    ttl_s: float | None = None  # default LEASE_TTL_S
+    heartbeat_s: float | None = None  # default HEARTBEAT_S
+    interrupt: bool = True  # interrupt the main thread when the lease is lost (off in tests of the thread)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    generation: int = 0
+    lost_to: str | None = None
+    _version: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     @property
     def path(self) -> str:
-        return uris.join(self.output, "_lease.json")
+        return uris.join(self.output, LEASE_FILE)
 
     def acquire(self) -> Lease:
-        if uris.exists(self.path):
-            held = uris.read_json(self.path)
-            if held.get("holder") != self.holder and _alive(held):
-                age = time.time() - float(held.get("heartbeat", 0))
-                raise InputError(
-                    f"{self.output} is being written by another driver ({held.get('holder')}, heartbeat "
-                    f"{age:.0f} s ago); wait for it, stop it, or choose another --output"
-                )
-        self._beat()
-        self._thread = threading.Thread(target=self._run, name="run-lease", daemon=True)
+        self.ttl_s = LEASE_TTL_S if self.ttl_s is None else self.ttl_s
+        self.heartbeat_s = HEARTBEAT_S if self.heartbeat_s is None else self.heartbeat_s
+        store = _Store(self.path)
+        for _ in range(5):  # a lost race to a takeover or a renewal only repeats the decision
+            current = store.read()
+            if current is not None:
+                held, version = current
+                age = store.age()
+                if held.get("token") != self.token and self._alive(held, age):
+                    raise InputError(
+                        f"{self.output} is being written by another driver ({held.get('holder')}, heartbeat "
+                        f"{age:.0f} s ago); wait for it, stop it, or choose another --output"
+                    )
+            else:
+                held, version = {}, None
+            self.generation = int(held.get("generation", 0)) + 1
+            if store.write(self._record(), version):
+                self._version = store.read()[1]
+                break
+        else:
+            raise InputError(f"{self.output}: could not take the run's lease; another driver keeps taking it")
+        self._thread = threading.Thread(target=self._run, args=(store,), name="run-lease", daemon=True)
         self._thread.start()
         return self
 
@@ -57,38 +208,66 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if uris.exists(self.path) and uris.read_json(self.path).get("holder") == self.holder:
-            uris.remove(self.path)
+        if self.lost_to is None and self._version is not None:
+            _Store(self.path).remove(self._version)
 
     def __enter__(self) -> Lease:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, exc, tb) -> None:
         self.release()
+        if self.lost_to is not None and (kind is None or issubclass(kind, KeyboardInterrupt)):
+            raise self.lost_error() from exc
 
-    def _beat(self) -> None:
-        host, _, pid = self.holder.rpartition(":")
-        uris.write_json(
-            self.path, {"holder": self.holder, "host": host, "pid": int(pid), "heartbeat": time.time()}
+    def lost_error(self) -> LeaseLost:
+        return LeaseLost(
+            f"{self.output}: this driver's lease (generation {self.generation}) was taken over by "
+            f"{self.lost_to}; it stopped and committed nothing more"
         )
 
-    def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError):  # a missed beat only shortens the lease; the next retries
-                self._beat()
+    def _record(self) -> dict:
+        host, _, pid = self.holder.rpartition(":")
+        return {
+            "holder": self.holder,
+            "host": host,
+            "pid": int(pid),
+            "start": process_start(int(pid)),
+            "token": self.token,
+            "generation": self.generation,
+            "heartbeat": time.time(),  # the writer's clock: for people reading the file, never for age
+        }
+
+    def _alive(self, held: dict, age: float | None) -> bool:
+        """A holder is alive while its last renewal is younger than the TTL (on the store's clock) and, on
+        this host, while its process runs: the same pid with the same start time."""
+        if held.get("host") == socket.gethostname():
+            start = process_start(int(held.get("pid", -1)))
+            if start is None or (held.get("start") is not None and start != held["start"]):
+                return False  # the process is gone, or its pid now belongs to another process
+        return age is not None and age < self.ttl_s
+
+    def _run(self, store: _Store) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if store.write(self._record(), self._version):
+                    self._version = store.read()[1]
+                    continue
+            except OSError:  # a missed beat only shortens the lease; the next one retries
+                continue
+            current = store.read()
+            self.lost_to = (current[0].get("holder") if current else None) or "nobody (the lease was removed)"
+            if self.interrupt:  # a real signal: it wakes the main thread from whatever it waits on
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            return
 
 
-def _alive(held: dict) -> bool:
-    """Whether the lease in `held` still has a live holder."""
-    if held.get("host") == socket.gethostname():
-        try:
-            os.kill(int(held.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError):
-            return True
-        return True
-    return time.time() - float(held.get("heartbeat", 0)) < LEASE_TTL_S
+def check_fence(output: str, token: str) -> None:
+    """Raise LeaseLost unless the lease at `output` still carries `token`: what a scoring actor checks
+    before it commits a piece made under that lease."""
+    current = _Store(uris.join(output, LEASE_FILE)).read()
+    if current is None or current[0].get("token") != token:
+        holder = current[0].get("holder") if current else "nobody"
+        raise LeaseLost(f"{output}: the run's lease is now held by {holder}; this piece was not committed")
 
 
 def input_stats(files: list[str]) -> list[list]:

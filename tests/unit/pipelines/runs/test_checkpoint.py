@@ -66,7 +66,8 @@ def test_a_second_driver_is_refused_and_a_dead_ones_lease_is_taken_over(tmp_path
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    Lease(str(tmp_path), holder=f"{socket.gethostname()}:{dead.pid}")._beat()  # a killed driver's lease
+    stale = Lease(str(tmp_path), holder=f"{socket.gethostname()}:{dead.pid}").acquire()
+    stale._stop.set()  # a killed driver's lease: written, never renewed or released
     with Lease(str(tmp_path)) as mine:  # taken over at once: its holder's pid is gone
         time.sleep(0.2)
         assert lease.uris.read_json(mine.path)["holder"] == mine.holder
