@@ -228,7 +228,7 @@ def stage_copy(source: Source, output: str) -> list[str]:
     """`source`'s files, under their own column names, copied to Parquet under `output` once: a copy whose
     record (`_source.json`) names the same files, sizes and modification times is reused."""
     record = uris.join(output, "_source.json")
-    stamp = {"format": source.format, "files": [_file_stamp(f) for f in source.files]}
+    stamp = {"format": source.format, "files": [file_stamp(f) for f in source.files]}
     if uris.exists(record) and uris.read_json(record) == stamp:
         return uris.list_parquet(output)
     uris.remove(output)
@@ -237,7 +237,7 @@ def stage_copy(source: Source, output: str) -> list[str]:
     return uris.list_parquet(output)
 
 
-def _file_stamp(uri: str) -> list:
+def file_stamp(uri: str) -> list:
     fs, path = uris.filesystem(uri)
     info = fs.info(path)
     return [uri, info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))]

@@ -20,8 +20,6 @@ whose fields differ fails naming what changed.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -29,10 +27,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pipelines.storage import uris
+from pipelines.storage.versioned import VersionedObject
 from schemas.tables import InputError
 
 LEASE_TTL_S = 60.0
@@ -52,109 +50,6 @@ def process_start(pid: int) -> str | None:
             return f.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
-
-
-class _Store:
-    """Create-if-absent, read with a version, replace-if-unchanged and the store's own clock, for one
-    object: local files (a lock file serialises read-compare-write) or object storage (ETag conditions)."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.fs, self.path = uris.filesystem(uri)
-        self.local = "file" in (
-            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        )
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if not self.local:
-            yield
-            return
-        import fcntl
-
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def read(self) -> tuple[dict, str] | None:
-        """(content, version) or None when absent."""
-        try:
-            if self.local:
-                with open(self.path, "rb") as f:
-                    data = f.read()
-                return json.loads(data), hashlib.sha256(data).hexdigest()
-            self.fs.invalidate_cache(self.path)
-            info = self.fs.info(self.path)
-            data = self.fs.cat_file(self.path)
-            return json.loads(data), str(info.get("ETag"))
-        except FileNotFoundError:
-            return None
-
-    def write(self, payload: dict, version: str | None) -> bool:
-        """Write `payload` if the object is still at `version` (None: if it is absent). False when not."""
-        data = json.dumps(payload).encode()
-        if self.local:
-            with self._locked():
-                current = self.read()
-                if (current[1] if current else None) != version:
-                    return False
-                tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-                return True
-        bucket, key, _ = self.fs.split_path(self.path)
-        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
-        try:
-            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
-        except Exception as exc:  # botocore's ClientError, as s3fs translates it (or not)
-            if (
-                isinstance(exc, FileExistsError)
-                or _precondition_failed(exc)
-                or _precondition_failed(exc.__cause__)
-            ):
-                return False
-            raise
-        finally:
-            self.fs.invalidate_cache(self.path)
-        return True
-
-    def remove(self, version: str) -> None:
-        with self._locked():
-            current = self.read()
-            if current is not None and current[1] == version:
-                self.fs.rm(self.path)
-
-    def age(self) -> float | None:
-        """Seconds since the object was last written, on the store's clock; None when absent."""
-        probe = f"{self.path}.clock-{uuid.uuid4().hex}"
-        try:
-            self.fs.invalidate_cache(self.path)
-            then = _mtime(self.fs.info(self.path))
-        except FileNotFoundError:
-            return None
-        self.fs.pipe_file(probe, b"")
-        try:
-            now = _mtime(self.fs.info(probe))
-        finally:
-            self.fs.rm(probe)
-        return now - then
-
-
-def _precondition_failed(exc: BaseException | None) -> bool:
-    response = getattr(exc, "response", None) or {}
-    return response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
-
-
-def _mtime(info: dict) -> float:
-    value = info.get("mtime") or info.get("LastModified") or info.get("created")
-    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 @dataclass
@@ -181,9 +76,9 @@ class Lease:
     def acquire(self) -> Lease:
         self.ttl_s = LEASE_TTL_S if self.ttl_s is None else self.ttl_s
         self.heartbeat_s = HEARTBEAT_S if self.heartbeat_s is None else self.heartbeat_s
-        store = _Store(self.path)
+        store = VersionedObject(self.path)
         for _ in range(5):  # a lost race to a takeover or a renewal only repeats the decision
-            current = store.read()
+            current = store.read_json()
             if current is not None:
                 held, version = current
                 age = store.age()
@@ -209,7 +104,7 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.lost_to is None and self._version is not None:
-            _Store(self.path).remove(self._version)
+            VersionedObject(self.path).remove(self._version)
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -246,7 +141,7 @@ class Lease:
                 return False  # the process is gone, or its pid now belongs to another process
         return age is not None and age < self.ttl_s
 
-    def _run(self, store: _Store) -> None:
+    def _run(self, store: VersionedObject) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
                 if store.write(self._record(), self._version):
@@ -254,7 +149,7 @@ class Lease:
                     continue
             except OSError:  # a missed beat only shortens the lease; the next one retries
                 continue
-            current = store.read()
+            current = store.read_json()
             self.lost_to = (current[0].get("holder") if current else None) or "nobody (the lease was removed)"
             if self.interrupt:  # a real signal: it wakes the main thread from whatever it waits on
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
@@ -264,7 +159,7 @@ class Lease:
 def check_fence(output: str, token: str) -> None:
     """Raise LeaseLost unless the lease at `output` still carries `token`: what a scoring actor checks
     before it commits a piece made under that lease."""
-    current = _Store(uris.join(output, LEASE_FILE)).read()
+    current = VersionedObject(uris.join(output, LEASE_FILE)).read_json()
     if current is None or current[0].get("token") != token:
         holder = current[0].get("holder") if current else "nobody"
         raise LeaseLost(f"{output}: the run's lease is now held by {holder}; this piece was not committed")
