@@ -27,11 +27,32 @@ if TYPE_CHECKING:
     from jobs.bench.run import BenchConfig
 
 
+GROUPS = {
+    "input/output": ("demo_dir", "work_dir", "output"),
+    "benchmark set": ("num_pairs", "per_query", "pair_tokens", "seed"),
+    "what is timed": ("model_config", "rounds", "fast_paths", "fast_path_pairs", "peak_tflops", "sweep"),
+    "scale and simulation": (
+        "scale",
+        "simulate_rates",
+        "shards",
+        "row_group_rows",
+        "tiny_width",
+        "tiny_layers",
+    ),
+}
+EXAMPLES = (
+    "python -m jobs.benchmark                  # CPU, the SmolLM2 demo reranker",
+    "python -m jobs.benchmark --device cuda --dtype bfloat16 --model-config qwen3-0.6b --pair-tokens 512",
+)
+
+
 def build_parser() -> SettingsParser:
     from jobs.bench.run import BenchConfig
 
     return SettingsParser(
         BenchConfig,
+        groups=GROUPS,
+        examples=EXAMPLES,
         prog="python -m jobs.benchmark",
         description="Measure pipeline throughput against a per-query rank loop, predict and the bare forward, "
         "side by side in one run, and write the figures as JSON.",
@@ -126,7 +147,7 @@ def default_output(model: str, device: str, kind: str = "benchmark") -> str:
 def starts_local_ray(argv: list[str]) -> bool:
     """Whether this run starts its own Ray instance (no --ray-address, no RAY_ADDRESS), read from the
     command line before anything imports Ray."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--ray-address")
     known, _ = pre.parse_known_args(argv)
     return not known.ray_address and not os.environ.get("RAY_ADDRESS")

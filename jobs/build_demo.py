@@ -29,7 +29,7 @@ def _check(assets: DemoAssets) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class BuildDemoConfig:
-    output: str = setting(".demo", help="directory the assets are written under")
+    output: str = setting(".demo", metavar="DIR", help="directory the assets are written under")
     force: bool = setting(False, help="rebuild even the assets whose stamps match")
     check: bool = setting(False, help="score two sanity pairs with the built reranker")
 
@@ -41,6 +41,11 @@ def build_parser() -> SettingsParser:
     return SettingsParser(
         BuildDemoConfig,
         ray=False,
+        groups={"input/output": ("output",), "run control": ("force", "check")},
+        examples=(
+            "python -m jobs.build_demo",
+            "python -m jobs.build_demo --output /tmp/demo --force --check",
+        ),
         prog="python -m jobs.build_demo",
         description="Build the offline demo assets (SmolLM2 reranker, pydoc corpus/queries/qrels/pairs, images).",
     )

@@ -3,17 +3,21 @@ flattened with their prefix, defaults and help taken from the fields (`schemas/s
 
 A job calls `run_job(ConfigClass, argv, ...)`: parse, build the config, validate it, check its inputs, run
 it. User errors (bad flags, bad values, bad inputs, found before or during the run) exit 2 with one line
-naming the flag; a run that completed with more failed rows than --max-error-rate allows exits 3; anything
-else is a bug or an infrastructure failure and exits 1 with its traceback.
+naming the flag (an unknown or abbreviated flag first of all, with the closest real one); a run that
+completed with more failed rows than --max-error-rate allows exits 3; anything else is a bug or an
+infrastructure failure and exits 1 with its traceback. `--help` shows each flag with a readable value name
+(`--actors N`), under a heading per spec or group of settings, and ends with example command lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.metadata
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any, Literal
 
@@ -25,22 +29,59 @@ RAY_ADDRESS_HELP = (
 )
 
 
+PACKAGE = "ray-rerank"  # pyproject.toml's project name: `--version` reads its installed metadata
+
+# The metavar of a flag that gives none, by the last word of its field's name, where that word alone does not
+# say what the value is; otherwise N for an int, X for a float, the word itself for a string. A string field
+# named for what it locates (--pairs, --output) takes a URI: a local path or s3://.
+LOCATIONS = ("pairs", "corpus", "queries", "qrels", "output")
+METAVAR_WORDS = {
+    **dict.fromkeys(("s", "seconds", "interval"), "SECONDS"),
+    "id": "ID",
+    "implementation": "NAME",
+    "bytes": "BYTES",
+    "rate": "RATE",
+}
+
+
 class SettingsParser(argparse.ArgumentParser):
     """An ArgumentParser that knows which flag sets which config field, to build the config back and to
-    name the flag in a SettingError."""
+    name the flag in a SettingError.
 
-    def __init__(self, config_cls: type, *, ray: bool = True, **kwargs: Any):
+    `groups`: `--help` heading -> the top-level fields of `config_cls` listed under it (nested specs are a
+    heading each already); `examples`: command lines shown at the end of `--help`. Flags are never
+    abbreviated; an unknown one is refused, with the closest real flag, before any other check."""
+
+    def __init__(
+        self,
+        config_cls: type,
+        *,
+        ray: bool = True,
+        groups: Mapping[str, Sequence[str]] = types.MappingProxyType({}),
+        examples: Sequence[str] = (),
+        **kwargs: Any,
+    ):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs["allow_abbrev"] = False
+        self.examples = tuple(examples)
+        if examples:
+            shown = "\n".join("  " + line for line in examples)
+            kwargs["epilog"] = "\n\n".join(filter(None, [f"examples:\n{shown}", kwargs.get("epilog")]))
         super().__init__(**kwargs)
+        self.add_argument("--version", action="version", version=f"{PACKAGE} {package_version()}")
         self.config_cls = config_cls
         self.flags: dict[tuple[str, ...], str] = {}  # field path -> flag
+        self.headings: dict[str, Any] = {}  # --help heading -> its argument group
+        self.field_groups = _field_groups(self, config_cls, groups)
         _add_fields(self, self, config_cls, prefix="", path=())
         if ray:
-            self.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
-            self.add_argument(
+            run = self.heading("run control")
+            run.add_argument("--ray-address", default=None, metavar="ADDRESS", help=RAY_ADDRESS_HELP)
+            run.add_argument(
                 "--progress-interval",
                 type=float,
                 default=30.0,
+                metavar="SECONDS",
                 help="seconds between progress lines (pairs done, rate, ETA; Ray Data's own); 0: stage lines "
                 "only (default: 30)",
             )
@@ -50,6 +91,65 @@ class SettingsParser(argparse.ArgumentParser):
 
     def flag_for(self, path: tuple[str, ...]) -> str:
         return self.flags.get(path, ".".join(path))
+
+    def heading(self, title: str) -> Any:
+        """The argument group titled `title`, made on first use (headings show in that order)."""
+        if title not in self.headings:
+            self.headings[title] = self.add_argument_group(title)
+        return self.headings[title]
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        for flag in self.unknown_flags(args):
+            close = closest(flag, [o for o in self._option_string_actions if o.startswith("--")])
+            self.error(f"unrecognized argument {flag}" + (f"; did you mean {close}?" if close else ""))
+        return super().parse_known_args(args, namespace)
+
+    def unknown_flags(self, args: Sequence[str]) -> Iterator[str]:
+        """The option-like words of `args` that name no flag (`--batch` for `--batch-tokens` included), as
+        argparse tells options from values: not negative numbers, not words with a space, none after `--`."""
+        for arg in args:
+            if arg == "--":
+                return
+            if arg[:1] != "-" or arg == "-" or " " in arg or self._negative_number_matcher.match(arg):
+                continue
+            flag = arg.split("=", 1)[0]
+            if flag not in self._option_string_actions:
+                yield flag
+
+    def error(self, message: str) -> typing.NoReturn:
+        """One line, as every other user error: the usage of a job with a hundred flags would bury it."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def closest(flag: str, options: Sequence[str]) -> str:
+    """The options `flag` is a prefixed setting of (`--embed-model or --rerank-model` for `--model`), else
+    the option most like it (`--batch-tokens` for `--batch-size`) or those tied for it; "" when none is."""
+    prefixed = sorted(o for o in options if o.endswith("-" + flag.removeprefix("--")))
+    if prefixed:
+        return " or ".join(prefixed)
+    matches = difflib.get_close_matches(flag, options, n=4)
+    ratio = [difflib.SequenceMatcher(None, flag, m).ratio() for m in matches]
+    return " or ".join(sorted(m for m, r in zip(matches, ratio, strict=True) if r == max(ratio)))
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: pip install -e .)"
+
+
+def _field_groups(parser: SettingsParser, cls: type, groups: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Top-level field name -> its argument group, the headings made in the order `groups` gives them."""
+    names = {f.name for f in fields(cls)}
+    by_field = {}
+    for title, members in groups.items():
+        for name in members:
+            if name not in names:
+                raise TypeError(f"{cls.__name__} has no field {name!r} to list under {title!r}")
+            by_field[name] = parser.heading(title)
+    return by_field
 
 
 def _add_fields(
@@ -68,7 +168,8 @@ def _add_fields(
             continue
         flag = "--" + prefix + (f.metadata.get("flag") or f.name.replace("_", "-"))
         dest = "__".join((*path, f.name))
-        group.add_argument(flag, dest=dest, **_argparse_kwargs(f, kind, default))
+        target = parser.field_groups.get(f.name, group) if not path else group
+        target.add_argument(flag, dest=dest, **_argparse_kwargs(f, kind, default))
         parser.flags[(*path, f.name)] = flag
 
 
@@ -86,6 +187,8 @@ def _argparse_kwargs(f: Field, kind: Any, default: Any) -> dict[str, Any]:
     base = _strip_none(kind)
     if meta.get("action"):
         kwargs["action"] = meta["action"]
+        if meta["action"] == "append":
+            kwargs["metavar"] = _metavar(f.name, str)
     elif base is bool:
         kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
     elif typing.get_origin(base) is Literal or "choices" in meta:
@@ -96,16 +199,27 @@ def _argparse_kwargs(f: Field, kind: Any, default: Any) -> dict[str, Any]:
         kwargs["metavar"] = meta.get("metavar") or "A,B,..."
     else:
         kwargs["type"] = meta.get("parse") or base
+        kwargs["metavar"] = _metavar(f.name, base)
     if "metavar" in meta:
         kwargs["metavar"] = meta["metavar"]
     if default is MISSING:
         kwargs["required"] = True
     else:
         kwargs["default"] = default
-        if default is not None and base is not bool and "default" not in meta["help"]:
+        if default not in (None, ()) and base is not bool and "default" not in meta["help"]:
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             kwargs["help"] += f" (default: {shown})"
     return kwargs
+
+
+def _metavar(name: str, base: Any) -> str:
+    """What `--help` shows as the value of a flag: a word a user reads, never the internal dest."""
+    word = name.rsplit("_", 1)[-1]
+    if base is str and word in LOCATIONS:
+        return "URI"
+    if word in METAVAR_WORDS:
+        return METAVAR_WORDS[word]
+    return "N" if base is int else "X" if base is float else word.upper()
 
 
 def _strip_none(kind: Any) -> Any:

@@ -27,7 +27,7 @@ from schemas.settings import at_least, setting
 class DemoConfig:
     """The demo's few settings; everything else is the jobs' own defaults."""
 
-    output: str = setting(".demo", help="where demo assets and runs are written")
+    output: str = setting(".demo", metavar="DIR", help="where demo assets and runs are written")
     retrieve_k: int = setting(
         10,
         help="candidates retrieved (and reranked) per query; 10 keeps a newcomer's first run under 2 minutes "
@@ -46,8 +46,22 @@ class DemoConfig:
         return self
 
 
+GROUPS = {
+    "input/output": ("output",),
+    "demo": ("retrieve_k", "torch_threads", "skip_multimodal"),
+    "run control": ("run_id",),
+}
+EXAMPLES = ("python -m jobs.demo", "python -m jobs.demo --retrieve-k 20 --skip-multimodal --output /tmp/demo")
+
+
 def build_parser() -> SettingsParser:
-    return SettingsParser(DemoConfig, prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
+    return SettingsParser(
+        DemoConfig,
+        groups=GROUPS,
+        examples=EXAMPLES,
+        prog="python -m jobs.demo",
+        description=__doc__.split("\n\n")[0],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

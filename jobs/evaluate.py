@@ -6,6 +6,8 @@ Example::
     python -m jobs.evaluate --qrels qrels.parquet \\
         --run retrieval=out/run1:candidates --run reranked=out/run1 --output out/eval
 
+A run is a rerank/refresh output folder or a TREC run file (``bm25=bm25.trec``), compared in one report.
+
 Writes metrics.json, report.md, metrics.png and one TREC run file per run under --output.
 """
 
@@ -29,18 +31,25 @@ from pipelines.evaluate.runs import RunInputError, parse_run_spec
 from schemas.settings import setting
 
 RUN_HELP = (
-    "a run as NAME=DIR, repeatable; the first is the baseline. DIR is a run root holding ranked/ (ordered "
-    "by score) or candidates/ (ordered by retrieval_score), or a folder of Parquet files; append :ranked "
-    "or :candidates to choose, e.g. bm25=out/run1:candidates"
+    "a run as NAME=DIR or NAME=FILE, repeatable; the first is the baseline. DIR is a run root holding "
+    "ranked/ (ordered by score) or candidates/ (ordered by retrieval_score), or a folder of Parquet files; "
+    "append :ranked or :candidates to choose, e.g. retrieval=out/run1:candidates. FILE is a TREC run file "
+    "('qid Q0 docid rank score tag' lines; .trec, .txt or .run), e.g. bm25=bm25.trec"
 )
 
-_EPILOG = """example:
-  python -m jobs.evaluate --qrels qrels.parquet \\
-      --run retrieval=out/run1:candidates --run reranked=out/run1 --output out/eval
-
-outputs: metrics.json, report.md, metrics.png and <name>.trec per run under --output.
+GROUPS = {"input/output": ("qrels", "runs", "output"), "metrics": ("ks",)}
+EXAMPLES = (
+    "python -m jobs.evaluate --qrels qrels.parquet \\\n"
+    "      --run retrieval=out/run1:candidates --run reranked=out/run1 --output out/eval",
+    "python -m jobs.evaluate --qrels scifact/qrels/test.tsv --run bm25=runs/bm25 --run ce=runs/ce "
+    "--output eval/ --k 10,100",
+    "python -m jobs.evaluate --qrels qrels.txt --run bm25=bm25.trec --run reranked=out/run1/run.trec "
+    "--output eval/",
+)
+_EPILOG = """outputs: metrics.json, report.md, metrics.png and <name>.trec per run under --output.
 metrics: nDCG@k, MRR@k, Recall@k, P@k and MAP exactly as trec_eval computes them (relevant = relevance
->= 1; ties in score ordered by doc id descending; means over the queries in both the run and the qrels)."""
+>= 1; ties in score ordered by doc id descending, a TREC file's rank field ignored, as trec_eval does;
+means over the queries in both the run and the qrels)."""
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
@@ -63,7 +72,7 @@ class EvaluateConfig:
         help="relevance judgements: Parquet (query_id, doc_id, relevance) file/dir, TREC qrels text, or BEIR "
         "qrels TSV (header line 'query-id corpus-id score'); local path or s3://"
     )
-    runs: tuple[str, ...] = setting(flag="run", action="append", metavar="NAME=DIR", help=RUN_HELP)
+    runs: tuple[str, ...] = setting(flag="run", action="append", metavar="NAME=DIR|FILE", help=RUN_HELP)
     output: str = setting(
         help="folder for metrics.json, report.md, metrics.png and <name>.trec; local path or s3://"
     )
@@ -93,6 +102,8 @@ def build_parser() -> SettingsParser:
     """One flag per EvaluateConfig field, with the field's help."""
     return SettingsParser(
         EvaluateConfig,
+        groups=GROUPS,
+        examples=EXAMPLES,
         prog="python -m jobs.evaluate",
         description="Score ranked runs against relevance judgements with trec_eval semantics, compare\n"
         "them with the first run (paired t-test and randomization test) and write a report.",

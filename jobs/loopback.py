@@ -10,25 +10,37 @@ Two things in Ray 2.60 send traffic beyond loopback from a local instance on Lin
   not loopback to a closed loopback port, where it fails at once; loopback hosts bypass it. The job's own
   media fetcher ignores proxy variables and vets addresses itself (`actors.media.http_client`).
 
-Set it before Ray is imported, and only for a local instance: a driver that joins a cluster on another
-machine must advertise its own outward address.
+Set it before Ray starts, and only for a local instance: a driver that joins a cluster on another machine
+must advertise its own outward address. Ray reads the switch into `ray._private.ray_constants` when it is
+imported; where that has happened already, the constant is set too (the processes `ray.init` starts read the
+environment). A job that starts its own instance (`jobs.ray_session`) sets the switch only: its driver and
+workers fetch models and data (the Hub, S3) through the user's own proxy settings, so the proxy variables,
+there to keep the tests' Ray dashboard from probing cloud metadata endpoints, are left alone.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 
 CLOSED_LOOPBACK_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens on it here
 LOOPBACK_HOSTS = "127.0.0.1,localhost,::1"
 
-LOOPBACK_ONLY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+RAY_LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+NO_OUTBOUND_HTTP_ENV = {
     **{name: CLOSED_LOOPBACK_PORT for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
     **{name: LOOPBACK_HOSTS for name in ("no_proxy", "NO_PROXY")},
 }
+LOOPBACK_ONLY_ENV = {**RAY_LOCAL_ONLY_ENV, **NO_OUTBOUND_HTTP_ENV}
 
 
-def keep_local_ray_on_loopback(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Set `LOOPBACK_ONLY_ENV` in `environ` (this process and what it starts afterwards)."""
-    environ.update(LOOPBACK_ONLY_ENV)
+def keep_local_ray_on_loopback(
+    environ: MutableMapping[str, str] = os.environ, *, block_outbound_http: bool = True
+) -> None:
+    """Set `LOOPBACK_ONLY_ENV` in `environ` (this process and what it starts afterwards); with
+    `block_outbound_http=False`, only Ray's local-only switch (`RAY_LOCAL_ONLY_ENV`)."""
+    environ.update(LOOPBACK_ONLY_ENV if block_outbound_http else RAY_LOCAL_ONLY_ENV)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and environ is os.environ:  # Ray imported already: what it read at import
+        constants.ENABLE_RAY_CLUSTER = False

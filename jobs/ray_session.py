@@ -1,13 +1,17 @@
 """Connect to the cluster a job runs on: `--ray-address`, else RAY_ADDRESS (set by `ray job submit`),
-else a local instance started here (its workers inherit this process's environment). Progress goes to
+else a local instance started here (its workers inherit this process's environment). A local instance is
+kept on loopback (`jobs.loopback`): its processes talk over 127.0.0.1, not the machine's outward address,
+and listen on nothing wider; joining a cluster is unchanged. Progress goes to
 stdout: the job's own stage and rate lines, and Ray Data's progress lines (logged, not drawn, when stdout is
 not a terminal, as under `ray job submit`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
+from jobs.loopback import keep_local_ray_on_loopback
 from pipelines.runs import progress
 
 
@@ -20,6 +24,8 @@ def connect(address: str | None = None, progress_interval: float = 30.0) -> None
     _log_to_stdout(progress.logger)
     progress.configure(progress_interval)
     if not ray.is_initialized():
+        if address is None and not os.environ.get("RAY_ADDRESS"):  # an instance of its own: on loopback
+            keep_local_ray_on_loopback(block_outbound_http=False)
         ray.init(address=address, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress_interval > 0

@@ -12,10 +12,43 @@ from jobs.cli import SettingsParser, run_job
 from pipelines.refresh.pipeline import RefreshConfig
 from schemas.tables import TooManyErrors
 
+GROUPS = {
+    "input/output": (
+        "corpus",
+        "queries",
+        "beir",
+        "split",
+        "qrels",
+        "format",
+        "columns",
+        "keep_columns",
+        "output",
+        "trec_run",
+    ),
+    "retrieval": ("retrieve_k", "metric", "retrieve_block_rows", "top_k"),
+    "run control": (
+        "run_id",
+        "mode",
+        "max_error_rate",
+        "rank_on_driver_rows",
+        "driver_rows",
+        "rows_per_partition",
+    ),
+}
+EXAMPLES = (
+    "python -m jobs.refresh --corpus corpus.parquet --queries queries.parquet --output nightly/ \\\n"
+    "      --embed-model sentence-transformers/all-MiniLM-L6-v2 --rerank-model Qwen/Qwen3-Reranker-0.6B",
+    "ray job submit --working-dir . -- python -m jobs.refresh --beir s3://bucket/beir/scifact/ \\\n"
+    "      --output s3://bucket/nightly/ --rerank-actors 8 \\\n"
+    "      --embed-model sentence-transformers/all-MiniLM-L6-v2 --rerank-model Qwen/Qwen3-Reranker-0.6B",
+)
+
 
 def build_parser() -> SettingsParser:
     return SettingsParser(
         RefreshConfig,
+        groups=GROUPS,
+        examples=EXAMPLES,
         prog="python -m jobs.refresh",
         description="Embed the corpus (only new or changed documents) and the queries with a SentenceTransformer, "
         "retrieve the exact top-k per query, rerank the candidates with a CrossEncoder (pairs scored on an "

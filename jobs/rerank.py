@@ -12,10 +12,22 @@ from jobs.cli import SettingsParser, run_job
 from pipelines.rerank.pipeline import RerankConfig
 from schemas.tables import TooManyErrors
 
+GROUPS = {
+    "input/output": ("pairs", "output", "format", "columns", "keep_columns", "top_k", "trec_run"),
+    "run control": ("run_id", "mode", "max_error_rate", "rank_on_driver_rows"),
+}
+EXAMPLES = (
+    "python -m jobs.rerank --pairs pairs.parquet --model Qwen/Qwen3-Reranker-0.6B --output out/",
+    "ray job submit --working-dir . -- python -m jobs.rerank --pairs s3://bucket/pairs/ \\\n"
+    "      --model Qwen/Qwen3-Reranker-0.6B --output s3://bucket/ranked/ --actors 8 --top-k 100",
+)
+
 
 def build_parser() -> SettingsParser:
     return SettingsParser(
         RerankConfig,
+        groups=GROUPS,
+        examples=EXAMPLES,
         prog="python -m jobs.rerank",
         description="Score query/candidate pairs (Parquet, JSON Lines or CSV) with a CrossEncoder (Transformer + "
         "LogitScore) on a Ray actor pool and write ranked Parquet tables, an errors table and manifest.json "

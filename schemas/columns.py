@@ -9,6 +9,7 @@ SCORE = "score"
 RANK = "rank"
 RETRIEVAL_SCORE = "retrieval_score"
 RETRIEVAL_RANK = "retrieval_rank"
+INSTRUCTION = "instruction"  # optional, per pair: the prompt for that pair (null: the run's prompt)
 
 # Errors table.
 STAGE = "stage"
@@ -52,6 +53,7 @@ ROW_ERROR = "__error"  # null when the row is fine, else a readable reason
 ROW_STAGE = "__stage"  # the stage that set ROW_ERROR
 ROW_TOKENS = "__tokens"  # real (unpadded) tokens of the scored pair
 ROW_PADDED = "__padded_tokens"  # tokens the pair occupied in its padded micro-batch
+ROW_TRUNCATED = "__truncated"  # the pair lost tokens to the max length (actors.reranker.features)
 ROW_CACHED_SCORE = "__cached_score"  # a score known from an earlier run: the row is not scored again
 ROW_UNSORTED_PADDED = "__unsorted_padded_tokens"  # same, had the rows gone in input order, 32 per batch
 ROW_CACHE_KEY = "__cache_key"  # the pair's score-cache key (see pipelines.refresh.score_cache)

@@ -26,7 +26,8 @@ def setting(
 
     `flag`: the flag's name when it is not the field name (`--media-timeout` for `timeout_s`), without any
     prefix. `prefix`: for a nested spec, what its flags are prefixed with (`"rerank-"`). Other keyword
-    arguments (`metavar`, `action`, `parse`) are handed to the CLI builder."""
+    arguments (`metavar`, `action`, `parse`) are handed to the CLI builder; `metavar` only where the value
+    name it derives from the field's type and name (`N`, `SECONDS`, `URI`, `MODEL`) does not fit."""
     metadata = {"help": help, "flag": flag, "prefix": prefix, **cli}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 

@@ -14,6 +14,7 @@ PAIRS_SCHEMA = pa.schema(
         *[pa.field(name, pa.string()) for name in c.QUERY_CONTENT + c.CANDIDATE_CONTENT],
         pa.field(c.RETRIEVAL_SCORE, pa.float32()),
         pa.field(c.RETRIEVAL_RANK, pa.int32()),
+        pa.field(c.INSTRUCTION, pa.string()),
     ]
 )
 
@@ -111,6 +112,11 @@ def check_pairs_schema(schema: pa.Schema, where: str) -> None:
         numeric={c.RETRIEVAL_SCORE: "float", c.RETRIEVAL_RANK: "int"},
         where=where,
     )
+    if c.INSTRUCTION in schema.names and not _is_string(schema.field(c.INSTRUCTION).type):
+        t = schema.field(c.INSTRUCTION).type
+        raise InputError(
+            f"{where}: column {c.INSTRUCTION!r} has type {t}, expected string (the pair's prompt, or null)"
+        )
 
 
 def check_corpus_schema(schema: pa.Schema, where: str) -> None:

@@ -4,7 +4,9 @@
 `MediaError` that explains why it cannot be used; a decoder's own message is cleaned of C++ source
 locations and object addresses before it reaches errors/. Every cap is checked from the header before
 anything is decoded: pixels, frames, seconds and the decoded size (`max_decoded_bytes`), so a small file
-that would decode huge is refused at the cost of reading its header. Audio is decoded only up to its caps
+that would decode huge is refused at the cost of reading its header. Audio and video bytes reach FFmpeg only
+when they are one of the allowed containers (`actors.media.containers`): never a manifest or playlist that
+would make FFmpeg open the URLs or files it names. Audio is decoded only up to its caps
 (plus a second, to tell a clip over them), whatever its header claims.
 """
 
@@ -16,6 +18,7 @@ import re
 import numpy as np
 
 from actors.media.codec import check_layout
+from actors.media.containers import check_container
 from actors.media.spec import MediaError, MediaSpec, first_line, human_bytes
 
 AUDIO_OVERSHOOT_S = 1.0  # decoded past the audio caps, to tell a clip that is over them
@@ -63,6 +66,7 @@ def decode_audio(data: bytes, spec: MediaSpec) -> np.ndarray:
     from torchcodec.decoders import AudioDecoder
 
     rate = spec.audio_sample_rate
+    check_container("audio", data)  # before FFmpeg sees the bytes: never a manifest naming other URLs
     decoder = AudioDecoder(data, sample_rate=rate, num_channels=1)
     duration = decoder.metadata.duration_seconds
     if duration is not None and duration > spec.max_audio_seconds:
@@ -88,6 +92,7 @@ def decode_video(data: bytes, spec: MediaSpec) -> np.ndarray:
     from its first video, so mixing layouts would silently corrupt the others)."""
     from torchcodec.decoders import VideoDecoder
 
+    check_container("video", data)  # before FFmpeg sees the bytes: never a manifest naming other URLs
     decoder = VideoDecoder(data, dimension_order="NCHW")
     meta = decoder.metadata
     frames = len(decoder)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from actors.reranker.truncation import TruncateMode, document_first, token_limit, untruncated
 from actors.rows import failure_reason
 from schemas import columns as c
 
@@ -34,6 +35,7 @@ class RowFeatures:
     seq: dict = field(default_factory=dict)
     rows: dict = field(default_factory=dict)
     const: dict = field(default_factory=dict)
+    truncated: bool = False  # the pair lost tokens to the max length (see actors.reranker.truncation)
 
     @property
     def tokens(self) -> int:
@@ -51,12 +53,13 @@ class RowFeatures:
 
 
 def to_columns(features: list[RowFeatures | None]) -> dict[str, pa.Array]:
-    """`__input_ids`, `__features`, `__tokens` for a block (None: a row without features)."""
+    """`__input_ids`, `__features`, `__tokens`, `__truncated` for a block (None: a row without features)."""
     ids = [None if f is None else f.ids for f in features]
     return {
         c.ROW_INPUT_IDS: pa.array(ids, pa.list_(pa.int32())),
         c.ROW_FEATURES: pa.array([None if f is None else f.extras() for f in features], pa.binary()),
         c.ROW_TOKENS: pa.array([0 if f is None else f.tokens for f in features], pa.int64()),
+        c.ROW_TRUNCATED: pa.array([f is not None and f.truncated for f in features], pa.bool_()),
     }
 
 
@@ -123,69 +126,141 @@ def split_rows(output: dict) -> list[RowFeatures] | None:
 
 class Featurizer:
     """A model's `preprocess`, a pair at a time in effect: text pairs in chunks (tokenised together, then
-    split per row), pairs with media one by one (their processor outputs are not per-token)."""
+    split per row), pairs with media one by one (their processor outputs are not per-token).
 
-    def __init__(self, model, prompt: str | None):
-        self.model, self.prompt = model, prompt
+    `prompt` is the run's prompt; a pair's own instruction (`__call__`'s `prompts`) replaces it for that
+    pair, exactly as `predict(..., prompt=instruction)` would. `truncate` (see
+    `actors.reranker.truncation`): "model" cuts as `predict` does, "document" cuts the document first.
+    Either way each row records whether it lost tokens to the max length."""
+
+    def __init__(self, model, prompt: str | None, truncate: TruncateMode = "model"):
+        self.model, self.prompt, self.truncate = model, prompt, truncate
         # With flash-attention the library would return one flattened, unpadded sequence per batch; rows
         # here are kept apart and re-padded per length-sorted micro-batch instead (padding ~0.96).
         first = model[0] if hasattr(model, "__getitem__") else None
         if hasattr(first, "_should_flatten_inputs"):
             first._should_flatten_inputs = lambda *args, **kwargs: False
 
-    def __call__(self, pairs: list) -> tuple[list[RowFeatures | None], dict[int, str]]:
-        """(features per pair, {index: reason} for the pairs that could not be preprocessed)."""
+    def with_truncation(self, truncate: TruncateMode) -> Featurizer:
+        self.truncate = truncate
+        return self
+
+    def __call__(
+        self, pairs: list, prompts: list[str | None] | None = None
+    ) -> tuple[list[RowFeatures | None], dict[int, str]]:
+        """(features per pair, {index: reason} for the pairs that could not be preprocessed). `prompts`:
+        each pair's own instruction, None where the run's prompt applies."""
         out: list[RowFeatures | None] = [None] * len(pairs)
         bad: dict[int, str] = {}
-        text = [k for k, p in enumerate(pairs) if all(isinstance(x, str) for x in p)]
+        effective = [self.prompt if p is None else p for p in (prompts or [None] * len(pairs))]
+        by_prompt: dict[str | None, list[int]] = {}
+        for k, prompt in enumerate(effective):
+            by_prompt.setdefault(prompt, []).append(k)
+        for prompt, members in by_prompt.items():
+            self._featurize(pairs, members, prompt, out, bad)
+        mark_truncated(self.model, pairs, effective, out, self.truncate)
+        return out, bad
+
+    def _featurize(self, pairs, members: list[int], prompt, out, bad) -> None:
+        """The features of `pairs[members]`, which share `prompt`."""
+        text = [k for k in members if all(isinstance(x, str) for x in pairs[k])]
         text_set = set(text)
         for start in range(0, len(text), TEXT_CHUNK_ROWS):
             chunk = text[start : start + TEXT_CHUNK_ROWS]
             try:
-                rows = self._text_rows([pairs[k] for k in chunk])
+                rows = self._text_rows([pairs[k] for k in chunk], prompt)
             except Exception:
                 rows = None  # one bad pair must not fail its chunk: go row by row
             if rows is None:
                 for k in chunk:
-                    self._one(pairs, k, out, bad)
+                    self._one(pairs, k, out, bad, prompt)
             else:
                 for k, row in zip(chunk, rows, strict=True):
                     out[k] = row
-        for k in range(len(pairs)):
+        for k in members:
             if k not in text_set:
-                self._one(pairs, k, out, bad)
-        return out, bad
+                self._one(pairs, k, out, bad, prompt)
 
-    def _text_rows(self, pairs: list) -> list[RowFeatures] | None:
+    def _text_rows(self, pairs: list, prompt: str | None) -> list[RowFeatures] | None:
         """Text pairs through the model's own `preprocess`, asked (per call) for unpadded lists instead of
         padded tensors: the same tokens, without padding rows only to strip it again, and without
         transformers' list-to-tensor conversion, which costs more than tokenising itself."""
-        output = self.model.preprocess(pairs, prompt=self.prompt, processing_kwargs=UNPADDED)
-        ids = output.get("input_ids")
-        if ids is None or hasattr(ids, "shape"):  # a processor that ignored the request: tensors, padded
-            return split_rows(output)
-        const, seq = {}, {}
-        for key, value in output.items():
-            if key in ("input_ids", "attention_mask"):
-                continue
-            if isinstance(value, list) and len(value) == len(ids):
-                seq[key] = value
-            elif isinstance(value, list):
-                return None
-            else:
-                const[key] = value
-        rows = []
-        for i, row_ids in enumerate(ids):
-            row = RowFeatures(np.asarray(row_ids, dtype=np.int32), const=const)
-            row.seq = {key: np.asarray(value[i]) for key, value in seq.items()}
-            rows.append(row)
-        return rows
+        output = self.model.preprocess(pairs, prompt=prompt, processing_kwargs=UNPADDED)
+        return unpadded_rows(output)
 
-    def _one(self, pairs, k, out, bad) -> None:
+    def _one(self, pairs, k, out, bad, prompt) -> None:
         try:
-            out[k] = split_rows(self.model.preprocess([pairs[k]], prompt=self.prompt))[0]
+            out[k] = split_rows(self.model.preprocess([pairs[k]], prompt=prompt))[0]
         except Exception as exc:  # one bad pair becomes one error row
             bad[k] = failure_reason("preprocessing failed", exc)
+
+
+def unpadded_rows(output: dict) -> list[RowFeatures] | None:
+    """One `RowFeatures` a row of a `preprocess` output asked for unpadded lists (`UNPADDED`); None when
+    a value cannot be split per row."""
+    ids = output.get("input_ids")
+    if ids is None or hasattr(ids, "shape"):  # a processor that ignored the request: tensors, padded
+        return split_rows(output)
+    const, seq = {}, {}
+    for key, value in output.items():
+        if key in ("input_ids", "attention_mask"):
+            continue
+        if isinstance(value, list) and len(value) == len(ids):
+            seq[key] = value
+        elif isinstance(value, list):
+            return None
+        else:
+            const[key] = value
+    rows = []
+    for i, row_ids in enumerate(ids):
+        row = RowFeatures(np.asarray(row_ids, dtype=np.int32), const=const)
+        row.seq = {key: np.asarray(value[i]) for key, value in seq.items()}
+        rows.append(row)
+    return rows
+
+
+def mark_truncated(model, pairs: list, prompts: list, out: list, mode: TruncateMode = "model") -> None:
+    """Flag each row of `out` (the features of `pairs`, each with its own prompt) that lost tokens to the
+    model's max length; with `mode` "document", re-cut such text rows so that only the document gives
+    way (`actors.reranker.truncation`)."""
+    limit = token_limit(model)
+    if limit is None:
+        return
+    at_limit = [k for k, f in enumerate(out) if f is not None and f.tokens >= limit]
+    by_prompt: dict = {}
+    for k in at_limit:
+        if all(isinstance(x, str) for x in pairs[k]):
+            by_prompt.setdefault(prompts[k], []).append(k)
+        else:
+            out[k].truncated = True
+    for prompt, rows in by_prompt.items():
+        try:
+            full = unpadded_rows(untruncated(model, [pairs[k] for k in rows], prompt))
+        except Exception:
+            full = None
+        if full is None:  # a processor that cannot say: at the limit counts as cut
+            for k in rows:
+                out[k].truncated = True
+            continue
+        cut = []
+        for k, row in zip(rows, full, strict=True):
+            out[k].truncated = row.tokens > limit
+            if out[k].truncated:
+                cut.append((k, row))
+        if mode == "document" and cut:
+            _cut_documents(model, pairs, prompt, cut, out, limit)
+
+
+def _cut_documents(model, pairs, prompt, cut: list, out: list, limit: int) -> None:
+    try:
+        empty = unpadded_rows(untruncated(model, [[pairs[k][0], ""] for k, _ in cut], prompt))
+    except Exception:  # the pair without its document cannot be rendered: the model's own cut stays
+        return
+    for (k, row), bare in zip(cut, empty or [None] * len(cut), strict=True):
+        keep = None if bare is None else document_first(row.ids, bare.ids, limit)
+        if keep is not None:  # else the query alone is over the limit: the model's own cut stays
+            seq = {key: np.asarray(value)[keep] for key, value in row.seq.items()}
+            out[k] = RowFeatures(row.ids[keep], seq, const=out[k].const, truncated=True)
 
 
 @dataclass(frozen=True)

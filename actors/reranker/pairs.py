@@ -3,7 +3,8 @@
 Each side (`query_*`, `candidate_*`) is built by `actors.elements.build_elements`, the builder the
 embedder uses, so a pair fails with the same reasons an embedding does. A side with one modality is that
 value (a string, a PIL image, an audio or video array); a side with several is a dict
-`{"text": ..., "image": ...}`, exactly as sentence-transformers takes them.
+`{"text": ..., "image": ...}`, exactly as sentence-transformers takes them. A pair's `instruction` (when the
+column is there and the value is not null) is its prompt: `instructions` reads them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from actors.elements import build_elements
+from schemas import columns as c
 
 SIDES = ("query", "candidate")
 
@@ -36,3 +38,11 @@ def _bare(element):
     if isinstance(element, dict) and len(element) == 1:
         return next(iter(element.values()))
     return element
+
+
+def instructions(table: pa.Table, rows: list[int]) -> list[str | None]:
+    """Each row's own instruction (None: the run's prompt applies), in `rows` order."""
+    if c.INSTRUCTION not in table.column_names:
+        return [None] * len(rows)
+    values = table.column(c.INSTRUCTION).to_pylist()
+    return [values[i] for i in rows]

@@ -34,7 +34,8 @@ def featurizer_for(spec: RerankerSpec, worker_cls: type[RerankWorker] = RerankWo
 
         torch.set_num_threads(1)  # a CPU task: one core, one thread
         model = apply_fast_paths(load_cross_encoder(spec, weights=False), spec.score_path, spec.fp32_head)
-        _FEATURIZERS[key] = worker_cls.make_featurizer(model, default_prompt(spec, model))
+        featurizer = worker_cls.make_featurizer(model, default_prompt(spec, model))
+        _FEATURIZERS[key] = featurizer.with_truncation(spec.truncate)
     return _FEATURIZERS[key]
 
 

@@ -19,9 +19,9 @@ import pyarrow as pa
 from actors.media.loader import PAYLOAD_COLUMNS
 from actors.reranker.fast_paths import PrefixReuse, apply_fast_paths, finish_scores
 from actors.reranker.features import Collator, Featurizer, RowFeatures, from_table, to_columns
-from actors.reranker.pairs import build_pairs
+from actors.reranker.pairs import build_pairs, instructions
 from actors.reranker.quarantine import KILLED, Quarantine
-from actors.reranker.spec import RerankerSpec, default_prompt, load_cross_encoder
+from actors.reranker.spec import RerankerSpec, check_labels, default_prompt, load_cross_encoder
 from actors.rows import RowErrors, column_or_nulls, isolate_failures, replace_columns
 from actors.token_budget import MicroBatch, pack_by_groups
 from schemas import columns as c
@@ -81,7 +81,8 @@ class RerankWorker:
         self.device = self.model.device
         self.prefix = PrefixReuse(self.model) if spec.prefix_reuse else None
         self.prompt = default_prompt(spec, self.model)
-        self.featurize = self.make_featurizer(self.model, self.prompt)
+        check_labels(spec, self.model.num_labels)
+        self.featurize = self.make_featurizer(self.model, self.prompt).with_truncation(spec.truncate)
         self.collate = Collator.probe(self.model, self.prompt)
         self.clock = _Clock()
 
@@ -112,7 +113,9 @@ class RerankWorker:
 
         with torch.inference_mode():
             features = batch_to_device(features, self.device)
-            return finish_scores(self.model, self.model(features)["scores"])
+            scores = finish_scores(self.model, self.model(features)["scores"])
+        # A model with several labels: the one logit the user chose (`label`) is the score.
+        return scores[:, self.spec.label] if scores.ndim > 1 else scores
 
     def score_batch(self, rows: list[RowFeatures]) -> np.ndarray:
         """Collate one micro-batch and run it (timed: collate, forward)."""
@@ -252,10 +255,15 @@ class RerankWorker:
     def _prefix_batches(self, table, rows, lengths):
         """Prefix reuse scores from the pairs' text (its own tokenisation of prefix and suffixes)."""
         pairs, _ = build_pairs(table, list(rows), self.model)
-        queries = [p[0] if isinstance(p[0], str) else None for p in pairs]
-        for batch in pack_by_groups(lengths, queries, self.spec.batch_tokens, PACK_MIN_FILL):
+        prompts = [self.prompt if p is None else p for p in instructions(table, list(rows))]
+        # A batch shares its query and its prompt (the pair's instruction, else the run's).
+        groups = [
+            (p[0], prompt) if isinstance(p[0], str) else None
+            for p, prompt in zip(pairs, prompts, strict=True)
+        ]
+        for batch in pack_by_groups(lengths, groups, self.spec.batch_tokens, PACK_MIN_FILL):
             batch_pairs = [pairs[i] for i in batch.rows]
-            score = functools.partial(self.prefix.score, prompt=self.prompt)
+            score = functools.partial(self.prefix.score, prompt=prompts[batch.rows[0]])
             self.clock.started = self.clock.started or time.time()
             t0 = time.perf_counter()
             yield batch, *isolate_failures(score, batch_pairs, "scoring failed", np.nan)
@@ -301,7 +309,7 @@ def featurize_rows(table: pa.Table, featurize: Featurizer, errors: RowErrors) ->
         errors.fail(i, reason)
     rows = [i for i in todo if i not in build_errors]
     features: list[RowFeatures | None] = [None] * table.num_rows
-    made, bad = featurize(pairs)
+    made, bad = featurize(pairs, instructions(table, rows))
     for k, i in enumerate(rows):
         if k in bad:
             errors.fail(i, bad[k])

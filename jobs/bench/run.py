@@ -91,7 +91,7 @@ class BenchConfig:
     )
     work_dir: str | None = setting(None, help="pairs Parquet and pipeline outputs (default: a temp dir)")
     output: str | None = setting(
-        None, help="JSON report path (default: bench/benchmark-<model>-<device>-<time>.json)"
+        None, metavar="FILE", help="JSON report path (default: bench/benchmark-<model>-<device>-<time>.json)"
     )
     scale: int | None = setting(
         None, metavar="N", help="instead: N pairs by CrossEncoder.predict vs python -m jobs.rerank (scale.py)"

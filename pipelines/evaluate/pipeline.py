@@ -16,6 +16,9 @@ A run is addressed as ``DIR`` or ``DIR:ranked`` / ``DIR:candidates``:
   root (holding ``candidates/``) or the folder itself.
 - With no suffix, ``DIR/ranked`` wins over ``DIR/candidates``; a bare folder is ``ranked`` when its files
   have ``score``, else ``candidates`` when they have ``retrieval_score``.
+- ``FILE``, a TREC run file (``qid Q0 docid rank score tag``; .trec, .txt or .run, or any file that is not
+  Parquet whose lines have those six fields): a first-stage run from another tool (BM25, say), or the
+  ``run.trec`` of ``jobs.rerank --trec-run``; ordered by its score column, read on the workers.
 
 Metric semantics are trec_eval's (see ``pipelines.evaluate.metrics``): the run's ``rank`` column is ignored and
 ties in score are ordered by doc id descending. Means are over the queries in both the run and the qrels
@@ -51,9 +54,11 @@ from pipelines.evaluate.query import (
     tag_run,
 )
 from pipelines.evaluate.runs import (
+    MIN_TREC_LINE_BYTES,
     RunInputError,
     RunSource,
     resolve_run,
+    trec_lines_batch,
 )
 from schemas.columns import CANDIDATE_ID, QUERY_ID
 from schemas.qrels import Qrels, qrels_stats, read_qrels, resolve_filesystem
@@ -174,8 +179,14 @@ def _evaluate(plan: EvaluationPlan, fs: pafs.FileSystem, out_root: str, driver_r
 
 
 def _run_rows(sources: tuple[RunSource, ...]) -> int:
-    """Rows of every run, from the Parquet footers."""
-    return sum(pq.read_metadata(f, filesystem=s.filesystem).num_rows for s in sources for f in s.files)
+    """Rows of every run, from the Parquet footers (a TREC run file: at most one line per 12 bytes)."""
+    return sum(
+        s.num_bytes // MIN_TREC_LINE_BYTES
+        if s.kind == "trec"
+        else pq.read_metadata(f, filesystem=s.filesystem).num_rows
+        for s in sources
+        for f in s.files
+    )
 
 
 def _per_query_dataset(
@@ -183,9 +194,7 @@ def _per_query_dataset(
 ) -> ray.data.Dataset:
     """One row per (run, query): its metrics (null when unjudged) and its TREC run lines."""
     parts = [
-        ray.data.read_parquet(
-            list(s.files), filesystem=s.filesystem, columns=[QUERY_ID, CANDIDATE_ID, s.score_column]
-        ).map_batches(
+        _read_run(s).map_batches(
             tag_run, batch_format="pyarrow", fn_kwargs={"run_name": s.name, "score_column": s.score_column}
         )
         for s in sources
@@ -203,6 +212,16 @@ def _per_query_dataset(
             "score_columns": {s.name: s.score_column for s in sources},
         },
     )
+
+
+def _read_run(s: RunSource) -> ray.data.Dataset:
+    """A run's `query_id`, `candidate_id` and score rows: Parquet columns, or TREC lines parsed on workers."""
+    if s.kind == "trec":
+        return ray.data.read_text(list(s.files), filesystem=s.filesystem).map_batches(
+            trec_lines_batch, batch_format="pyarrow", fn_kwargs={"name": s.name}
+        )
+    columns = [QUERY_ID, CANDIDATE_ID, s.score_column]
+    return ray.data.read_parquet(list(s.files), filesystem=s.filesystem, columns=columns)
 
 
 class _Collector:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines.evaluate.metrics import metric_names, query_metrics, trec_order
-from pipelines.evaluate.runs import RunInputError, RunSource
+from pipelines.evaluate.runs import RunInputError, RunSource, read_trec_file
 from schemas.columns import CANDIDATE_ID, QUERY_ID
 from schemas.qrels import Qrels
 
@@ -34,7 +34,10 @@ def per_query_on_driver(
     score_columns = {s.name: s.score_column for s in sources}
     for s in sources:
         columns = [QUERY_ID, CANDIDATE_ID, s.score_column]
-        parts = [pq.read_table(f, filesystem=s.filesystem, columns=columns) for f in s.files]
+        if s.kind == "trec":
+            parts = [read_trec_file(s)]
+        else:
+            parts = [pq.read_table(f, filesystem=s.filesystem, columns=columns) for f in s.files]
         rows = tag_run(
             pa.concat_tables(parts, promote_options="permissive"),
             run_name=s.name,

@@ -44,6 +44,7 @@ from pipelines.refresh.retrieve import METRICS, Metric, retrieve
 from pipelines.refresh.score_cache import ScoreCache
 from pipelines.rerank.pipeline import Mode, RerankConfig, check_run_id
 from pipelines.rerank.run import run_rerank
+from pipelines.rerank.trec import check_tag, write_run_file
 from pipelines.runs import progress
 from pipelines.runs.checkpoint import Checkpoint
 from pipelines.runs.info import resolved_dtype, value_key
@@ -98,7 +99,7 @@ class RefreshConfig:
         metavar="A,B|*",
         help="candidate columns carried into ranked/, e.g. candidate_text (*: all of them)",
     )
-    output: str = setting(help="ROOT (local or s3://): runs/<run_id>/, LATEST, score_cache/")
+    output: str = setting(metavar="ROOT", help="ROOT (local or s3://): runs/<run_id>/, LATEST, score_cache/")
     embedder: EmbedderSpec = setting(prefix="embed-", help="embedding")
     embed_pool: PoolSpec = setting(default_factory=PoolSpec, prefix="embed-", help="embedding actor pool")
     reranker: RerankerSpec = setting(prefix="rerank-", help="reranking")
@@ -139,12 +140,16 @@ class RefreshConfig:
         RerankConfig.__dataclass_fields__["rank_on_driver_rows"].default,
         help="the rerank stage's --rank-on-driver-rows",
     )
+    trec_run: bool = setting(
+        False, help="also write runs/<run_id>/run.trec: the ranked rows as a TREC run file (tag: the run id)"
+    )
 
     def validate(self) -> RefreshConfig:
         at_least(self, 1, "retrieve_k", "retrieve_block_rows", "rows_per_partition", "top_k")
         at_least(self, 0, "max_error_rate", "driver_rows", "rank_on_driver_rows")
         one_of(self, "metric", METRICS)
         check_run_id(self.run_id)
+        check_tag(self.run_id, self.trec_run)
         check_settings(self)
         if self.qrels is not None and not uris.exists(self.qrels):
             raise SettingError("qrels", f"{self.qrels}: no such file")
@@ -175,7 +180,7 @@ class RefreshConfig:
         payload = {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("run_id", "mode", "driver_rows", "rank_on_driver_rows")
+            if k not in ("run_id", "mode", "driver_rows", "rank_on_driver_rows", "trec_run")
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -270,6 +275,7 @@ class _Night:
             driver_rows=cfg.driver_rows,
         )
         rerank = self.stage("rerank", lambda: self.rerank(cache, rerank_worker_cls))
+        trec_run = write_run_file(cfg.trec_run, layout.run_dir, layout.run_id)  # each attempt: no stage
         scored = Checkpoint(layout.run_dir)
         cached = self.stage("score_cache", lambda: cache.append(scored.directory))
         scored.remove()
@@ -284,6 +290,7 @@ class _Night:
             cached=cached,
             evaluation=evaluation,
         )
+        manifest["outputs"]["trec_run"] = trec_run
         not_published = publish_decision(layout)
         if rerank["errors"]["exceeded"]:
             rate = rerank["errors"]["error_rate"]

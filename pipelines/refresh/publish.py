@@ -18,9 +18,7 @@ ROOT/runs/<run_id>/
 
 from __future__ import annotations
 
-import posixpath
 import time
-import uuid
 from dataclasses import dataclass
 
 from pipelines.storage import uris
@@ -84,13 +82,10 @@ def read_latest(root: str) -> str | None:
 
 
 def publish_latest(root: str, run_id: str) -> None:
-    """Point `ROOT/LATEST` at `run_id`: write a temporary file beside it, then rename over it (atomic on
-    a local filesystem; on object stores the final PUT replaces the object whole)."""
-    fs, path = uris.filesystem(uris.join(root, "LATEST"))
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.pipe_file(tmp, (run_id + "\n").encode())
-    fs.mv(tmp, path)
+    """Point `ROOT/LATEST` at `run_id`, atomically (`uris.write_atomically`: on a local disk written aside,
+    fsynced and renamed over it; on an object store one PUT replaces the object whole)."""
+    body = (run_id + "\n").encode()
+    uris.write_atomically(uris.join(root, "LATEST"), lambda f: f.write(body))
 
 
 def finished(layout: RunLayout, stage: str, config_key: str) -> dict | None:

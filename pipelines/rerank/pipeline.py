@@ -32,6 +32,7 @@ from pipelines.inputs.sources import (
     stage_copy,
 )
 from pipelines.rerank.rank import RANK, only_scored, rank_group, to_errors
+from pipelines.rerank.trec import check_tag
 from pipelines.rerank.validate import VALIDATE, check_keep_columns, resolve_keep, validate_pairs
 from pipelines.runs.model_access import check_remote_code, warn_remote_code
 from pipelines.storage import uris
@@ -97,12 +98,16 @@ class RerankConfig:
         0.01,
         help="a run whose failed/pairs_in exceeds this exits 3, its output complete and its manifest saying why",
     )
+    trec_run: bool = setting(
+        False, help="also write <output>/run.trec: the ranked rows as a TREC run file (tag: the run id)"
+    )
 
     def validate(self) -> RerankConfig:
         at_least(self, 1, "top_k")
         at_least(self, 0, "max_error_rate", "rank_on_driver_rows")
         one_of(self, "format", FORMATS)
         check_run_id(self.run_id)
+        check_tag(self.run_id, self.trec_run)
         parse_columns(self.columns, PAIRS_SCHEMA.names)
         check_keep_columns(self.keep_columns)
         validate_nested(self)
@@ -306,6 +311,7 @@ def block_stats(table: pa.Table) -> dict[str, float]:
         "tokens": total(c.ROW_TOKENS),
         "padded_tokens": total(c.ROW_PADDED),
         "unsorted_padded_tokens": total(c.ROW_UNSORTED_PADDED),
+        "truncated": total(c.ROW_TRUNCATED),
         **{name: total(column) for name, column in c.ACTOR_TIME.items()},
     }
     for key, name, fn in (

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import ray
 
 from actors.reranker.quarantine import describe_stuck
+from actors.reranker.truncation import truncation_warning
 from actors.reranker.worker import RerankWorker
 from pipelines.rerank.pipeline import (
     OutputLayout,
@@ -46,8 +47,10 @@ from pipelines.rerank.rank import (
     to_errors,
 )
 from pipelines.rerank.read import read_keyed_pairs
+from pipelines.rerank.trec import TREC_FILE, write_run_file
+from pipelines.rerank.validate import instruction_digest
 from pipelines.runs import progress
-from pipelines.runs.checkpoint import Checkpoint, commit_piece
+from pipelines.runs.checkpoint import Checkpoint, Resumed, commit_piece
 from pipelines.runs.info import library_versions, model_fingerprint, pinned, resolved_dtype
 from pipelines.runs.lease import Lease, changed_fields, check_identity, input_stats
 from pipelines.storage import uris
@@ -58,7 +61,10 @@ from schemas.tables import ERRORS_SCHEMA, InputError, JobFailed
 # RerankerSpec fields that change a score (batch_tokens and device do not).
 SCORE_SETTINGS = (
     "prompt",
+    "prompt_name",
     "max_length",
+    "truncate",
+    "label",
     "score_path",
     "fp32_head",
     "prefix_reuse",
@@ -67,8 +73,9 @@ SCORE_SETTINGS = (
 )
 
 
-def identity_fields(cfg: RerankConfig, files: list[str]) -> dict:
-    """Everything that decides a run's output, by name (a changed one is named in the error)."""
+def identity_fields(cfg: RerankConfig, files: list[str], plan: PairsPlan | None = None) -> dict:
+    """Everything that decides a run's output, by name (a changed one is named in the error). With `plan`,
+    the pairs' instructions too (a digest of the `instruction` column), so a changed one is named."""
     spec = cfg.reranker
     model = model_fingerprint(spec.model, spec.revision)
     return {
@@ -79,6 +86,7 @@ def identity_fields(cfg: RerankConfig, files: list[str]) -> dict:
         "columns": list(cfg.columns or ()),
         "keep_columns": list(cfg.keep_columns),
         "inputs": input_stats(files),
+        "instructions": instruction_digest(plan.source) if plan is not None else None,
     }
 
 
@@ -100,7 +108,7 @@ def run_rerank(
     plan = check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
     files = plan.files
     cfg = replace(cfg, reranker=pinned(cfg.reranker))  # a hub id loads exactly the commit resolved here
-    fields = identity_fields(cfg, files)
+    fields = identity_fields(cfg, files, plan)
     run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     complete = _complete_run(layout, cfg, run_id, fields)
     if complete is not None:
@@ -166,7 +174,8 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
     ckpt = Checkpoint(cfg.output)
     if not resumed:
         ckpt.remove()  # pieces of an attempt whose identity record is gone cannot be trusted
-    committed = ckpt.committed_keys()
+    resumed_from = ckpt.resume()  # listed fresh; unreadable pieces removed, their pairs scored again
+    committed = resumed_from.keys
     total = uris.count_rows(files)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -175,29 +184,38 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
             commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats)
             ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages, commit)
             t0 = time.perf_counter()
-            with progress.Ticker("pairs scored", total, ckpt.committed_rows):
+            # Progress is what the actors report committed (one count per block), never a listing of the
+            # output, which on an object store costs requests and lags behind the commits.
+            done = progress.Counter(len(committed))
+            with progress.Ticker("pairs scored", total, done.value):
                 try:
-                    ds.materialize()
+                    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                        done.add(pc.sum(block.column("committed")).as_py() or 0)
                 except Exception as exc:
                     stuck = describe_stuck(attempts_dir(cfg.output))
                     if stuck is None:
                         raise
                     raise JobFailed(stuck) from exc
             timings["score_s"] = time.perf_counter() - t0
-    pieces = ckpt.pieces()
-    if ckpt.committed_rows() != total:
-        raise RuntimeError(f"checkpoint {ckpt.directory} holds {ckpt.committed_rows()} of {total} pairs")
+    pieces = ckpt.pieces()  # listed fresh, once, after every actor's commit returned
+    held = ckpt.committed_rows(pieces)
+    if held != total:
+        raise RuntimeError(f"checkpoint {ckpt.directory} holds {held} of {total} pairs")
 
     with progress.stage("rank"):
         t0 = time.perf_counter()
         ranking = rank_outputs(pieces, layout, cfg, total, plan.keep)
         timings["rank_write_s"] = time.perf_counter() - t0
-    stats = ckpt.stats()
+    trec_run = write_run_file(cfg.trec_run, layout.root, run_id)  # before the manifest, which lists it
+    stats = ckpt.stats(pieces)
+    if warning := truncation_warning(stats.get("truncated", 0), stats.get("scored", 0), cfg.reranker):
+        progress.logger.warning(warning)
     queries, ranked_rows = _ranked_counts(layout.ranked)
     timings["total_s"] = time.perf_counter() - started
     return {
-        **_manifest(cfg, run_id, fields, plan.files, stats, queries, ranked_rows, timings, len(committed)),
+        **_manifest(cfg, run_id, fields, plan.files, stats, queries, ranked_rows, timings, resumed_from),
         "ranking": ranking,
+        "outputs": {"ranked": layout.ranked, "errors": layout.errors, "trec_run": trec_run},
     }
 
 
@@ -281,7 +299,7 @@ def _ranked_counts(ranked: str) -> tuple[int, int]:
     """(queries, rows) in ranked/: rows from the files' footers, queries from their `rank` column alone
     (4 bytes a row, read here rather than paying a cluster round trip). A run in which every pair failed
     writes no ranked file: the folder is still created, empty."""
-    fs, path = uris.filesystem(ranked)
+    fs, path = uris.fresh(ranked)
     fs.makedirs(path, exist_ok=True)
     queries = rows = 0
     for file in (p for p in fs.find(path) if p.endswith(".parquet")):
@@ -292,7 +310,8 @@ def _ranked_counts(ranked: str) -> tuple[int, int]:
     return queries, rows
 
 
-def _manifest(cfg, run_id, fields, files, stats, queries, ranked_rows, timings, resumed_pairs) -> dict:
+def _manifest(cfg, run_id, fields, files, stats, queries, ranked_rows, timings, resumed: Resumed) -> dict:
+    resumed_pairs = len(resumed.keys)
     rows, scored = stats.get("rows", 0), stats.get("scored", 0)
     tokens, padded = stats.get("tokens", 0), stats.get("padded_tokens", 0)
     unsorted = stats.get("unsorted_padded_tokens", 0)
@@ -318,6 +337,9 @@ def _manifest(cfg, run_id, fields, files, stats, queries, ranked_rows, timings, 
             "ranked_rows": ranked_rows,
             "pairs_resumed": resumed_pairs,
             "pairs_scored_this_run": this_run,
+            "pieces_unreadable": resumed.pieces_unreadable,
+            "pairs_rescored": resumed.pairs_rescored,
+            "pairs_truncated": stats.get("truncated", 0),
         },
         "errors": {
             "error_rate": error_rate,
@@ -363,6 +385,7 @@ def _wipe(layout: OutputLayout) -> None:
         layout.ranked,
         layout.errors,
         layout.staged_pairs,
+        uris.join(layout.root, TREC_FILE),
         uris.join(layout.root, "_run.json"),
     ):
         uris.remove(path)

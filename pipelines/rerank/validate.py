@@ -6,11 +6,16 @@ they travel unchanged through media, scoring and ranking into `ranked/`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
 
+from pipelines.storage import uris
 from schemas import columns as c
 from schemas.settings import SettingError
 from schemas.stages import Stage
@@ -102,3 +107,42 @@ def validate_pairs(table: pa.Table, keep: Sequence[str] = ()) -> pa.Table:
     return table.append_column(c.ROW_ERROR, pa.array(reasons, pa.string())).append_column(
         c.ROW_STAGE, pa.array(stages, pa.string())
     )
+
+
+def instruction_digest(source) -> str | None:
+    """sha256 over every pair's instruction in `source` (a `pipelines.inputs.sources.Source`: its files,
+    format and the input's name for the column), in input order, nulls told apart from empty strings:
+    part of a run's identity, so that a changed instruction is named as such. None when no input file has
+    the column. Only that column is read (for JSON Lines, each file is parsed whole)."""
+    if source is None:
+        return None
+    column = source.input_name(c.INSTRUCTION)
+    digest, found = hashlib.sha256(), False
+    for uri in source.files:
+        values = _instruction_values(uri, source.format, column)
+        digest.update(f"\0file {len(values) if values is not None else -1}\0".encode())
+        if values is None:
+            continue
+        found = True
+        for batch in values:
+            for value in batch.to_pylist():
+                digest.update(b"\1" if value is None else b"\2" + value.encode() + b"\3")
+    return "sha256:" + digest.hexdigest() if found else None
+
+
+def _instruction_values(uri: str, fmt: str, column: str) -> list[pa.Array] | None:
+    fs, path = uris.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        if fmt == "parquet":
+            pf = pq.ParquetFile(f)
+            if column not in pf.schema_arrow.names:
+                return None
+            return [b.column(0) for b in pf.iter_batches(columns=[column])]
+        if fmt == "csv":
+            options = pacsv.ConvertOptions(column_types={column: pa.string()}, strings_can_be_null=True)
+            table = pacsv.read_csv(f, convert_options=options)
+        else:
+            table = pajson.read_json(f)
+    if column not in table.column_names:
+        return None
+    return [chunk.cast(pa.string()) for chunk in table.column(column).chunks]

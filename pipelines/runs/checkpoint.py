@@ -2,18 +2,24 @@
 same run id scores only the pairs no committed piece holds.
 
 Every input row carries a stable key, `__row_key` = file index << 40 | row in file (files in sorted
-order, which the run identity pins). A scored block is written to `<output>/_scored/.tmp-<id>.parquet`
-and renamed to `piece-<id>.parquet` (`<id>`: a hash of the block's row keys, so a retried block replaces
-its piece): readers list only `piece-*` names, so a half-written piece is never
-read (on object stores the rename is a copy whose object appears whole). The pieces hold every column
-ranking and the errors table need. There is no "done" marker: scoring is complete when the committed keys
-cover the input, and the checkpoint is removed only after `manifest.json` is written.
+order, which the run identity pins). A scored block is committed as `<output>/_scored/piece-<id>-<rows>.parquet`
+(`<id>`: a hash of the block's row keys, so a retried block replaces its piece; `<rows>`: its row count,
+so a piece that can no longer be read still says how many pairs it held) with `uris.write_atomically`: on
+a local disk written aside, fsynced and renamed; on an object store one PUT, whose object appears whole.
+The pieces hold every column ranking and the errors table need. There is no "done" marker: scoring is
+complete when the committed keys cover the input, and the checkpoint is removed only after
+`manifest.json` is written.
+
+The driver lists the pieces only on resume and at the end, always fresh (`uris.list_names`); progress in
+between comes from the row counts the scoring actors hand back. A piece that cannot be read on resume (a
+torn write, a damaged object) is removed and its pairs scored again, counted in `Resumed`.
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
+import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +32,12 @@ from actors.rows import key_digest
 from pipelines.storage import uris
 from schemas import columns as c
 
+logger = logging.getLogger("ray_rerank")
 _FOOTERS: dict[str, tuple[int, dict]] = {}  # piece -> (rows, stats): pieces are immutable once committed
 STATS_KEY = b"ray_rerank.stats"
 ROW_BITS = 40  # rows per file before the key overflows into the file index: 1.1e12
 PIECE_PREFIX = "piece-"
+_ROWS_IN_NAME = re.compile(r"-(\d+)\.parquet$")
 
 
 def row_keys(file_index: int, first_row: int, rows: int) -> pa.Array:
@@ -48,31 +56,44 @@ class Checkpoint:
         return uris.join(self.output, "_scored")
 
     def pieces(self) -> list[str]:
-        """Committed piece files (never a temporary one), sorted."""
-        if not uris.exists(self.directory):
-            return []
-        fs, path = uris.filesystem(self.directory)
-        names = [posixpath.basename(p) for p in fs.ls(path, detail=False)]
-        return sorted(
+        """Committed piece files (never a temporary one), sorted; listed fresh from the storage."""
+        return [
             uris.join(self.directory, n)
-            for n in names
+            for n in uris.list_names(self.directory)
             if n.startswith(PIECE_PREFIX) and n.endswith(".parquet")
-        )
+        ]
 
     def committed_keys(self) -> np.ndarray:
         """The sorted row keys of every committed piece (8 bytes a pair: 8 MB per million)."""
-        keys = [_read_column(f, c.ROW_KEY) for f in self.pieces()]
-        return np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+        return self.resume().keys
 
-    def committed_rows(self) -> int:
-        """Rows in committed pieces, from their footers (memoised per piece: cheap to poll)."""
-        return sum(_footer(uri)[0] for uri in self.pieces())
-
-    def stats(self) -> dict[str, float]:
-        """The per-piece stats `commit_piece` kept in the footers, combined: summed, except `min_*` and
-        `max_*` keys (the smallest / largest)."""
-        totals: dict[str, float] = {}
+    def resume(self) -> Resumed:
+        """The committed row keys, sorted. A piece that cannot be read (truncated, damaged) is removed, so
+        its pairs are scored again; how many such pieces and the pairs they held come back with the keys."""
+        keys, unreadable, rescored = [], 0, 0
         for uri in self.pieces():
+            try:
+                keys.append(_read_column(uri, c.ROW_KEY))
+            except (pa.ArrowInvalid, EOFError) as exc:  # its bytes, not the storage: a store error fails
+                unreadable += 1
+                rescored += piece_rows_from_name(uri) or 0
+                logger.warning(
+                    "checkpoint piece %s cannot be read (%s); its pairs are scored again", uri, exc
+                )
+                _FOOTERS.pop(uri, None)
+                uris.remove(uri)
+        committed = np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+        return Resumed(committed, unreadable, rescored)
+
+    def committed_rows(self, pieces: list[str] | None = None) -> int:
+        """Rows in committed pieces (`pieces`, else listed now), from their footers (memoised per piece)."""
+        return sum(_footer(uri)[0] for uri in (self.pieces() if pieces is None else pieces))
+
+    def stats(self, pieces: list[str] | None = None) -> dict[str, float]:
+        """The per-piece stats `commit_piece` kept in the footers of `pieces` (else listed now), combined:
+        summed, except `min_*` and `max_*` keys (the smallest / largest)."""
+        totals: dict[str, float] = {}
+        for uri in self.pieces() if pieces is None else pieces:
             for key, value in _footer(uri)[1].items():
                 if key not in totals:
                     totals[key] = value
@@ -88,24 +109,36 @@ class Checkpoint:
         uris.remove(self.directory)
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """What an attempt takes over from the checkpoint: `keys` (sorted row keys of the readable pieces),
+    `pieces_unreadable` (pieces removed because they could not be read) and `pairs_rescored` (the pairs
+    those pieces held, scored again by this attempt)."""
+
+    keys: np.ndarray
+    pieces_unreadable: int = 0
+    pairs_rescored: int = 0
+
+
 def commit_piece(
     table: pa.Table, directory: str, stats: Callable[[pa.Table], dict] | None = None
 ) -> pa.Table:
-    """Write one scored block as a piece, atomically; return its row count (a `map_batches` function).
-    `stats(table)` (small, JSON-able) is kept in the piece's footer, so totals never need a data pass."""
+    """Write one scored block as a piece, atomically; return its row count (a `map_batches` function:
+    the driver counts progress from these). `stats(table)` (small, JSON-able) is kept in the piece's
+    footer, so totals never need a data pass."""
     if table.num_rows:
-        fs, path = uris.filesystem(directory)
-        fs.makedirs(path, exist_ok=True)
-        name = piece_name(table)
-        tmp = f"{path}/.tmp-{name}-{uuid.uuid4().hex[:8]}.parquet"
-        final = f"{path}/{PIECE_PREFIX}{name}.parquet"
+        final = uris.join(directory, f"{PIECE_PREFIX}{piece_name(table)}-{table.num_rows}.parquet")
         if stats is not None:
             meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats(table)).encode()}
             table = table.replace_schema_metadata(meta)
-        with fs.open(tmp, "wb") as f:
-            pq.write_table(table, f)
-        fs.mv(tmp, final)
+        uris.write_atomically(final, lambda f: pq.write_table(table, f))
     return pa.table({"committed": [table.num_rows]})
+
+
+def piece_rows_from_name(uri: str) -> int | None:
+    """The row count a piece's name carries (None for a name without one)."""
+    found = _ROWS_IN_NAME.search(uri.rsplit("/", 1)[-1].removeprefix(PIECE_PREFIX))
+    return int(found.group(1)) if found else None
 
 
 def piece_name(table: pa.Table) -> str:

@@ -37,9 +37,26 @@ def stage(name: str, detail: str = "") -> Iterator[None]:
     logger.info("stage %s: finished in %.1f s", name, time.perf_counter() - started)
 
 
+class Counter:
+    """A count the driver's loop adds to and a `Ticker` reads from its thread (`value` is its `done`)."""
+
+    def __init__(self, start: int = 0):
+        self._value = start
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._value += n
+
+    def value(self) -> int:
+        with self._lock:
+            return self._value
+
+
 class Ticker:
     """While open, every `interval()` seconds log `done()` of `total` with the rate since opening and an
-    ETA. `done` is polled from a background thread (it should be cheap: a counter, a file listing)."""
+    ETA. `done` is polled from a background thread: it should be cheap and local (a `Counter` of what the
+    workers reported), never a listing of remote storage."""
 
     def __init__(self, what: str, total: int, done: Callable[[], int]):
         self.what, self.total, self.done = what, total, done

@@ -4,8 +4,8 @@ A Ray Data execution costs seconds of fixed start-up (operators, tasks, often a 
 its size; for a table of a few hundred rows (the queries, the night's candidates, a score-cache lookup, an
 evaluation) that is all of its cost. Stages that have a driver path take it when their input is at most
 `--driver-rows` rows (`DRIVER_ROWS` by default) and keep the cluster path for anything bigger; both give the
-same rows. The writers here are also used inside tasks: a file is written under a temporary name and
-renamed, so a reader never sees half of it.
+same rows. The writers here are also used inside tasks: a file is written with `uris.write_atomically`
+(aside, fsynced and renamed on a local disk; one PUT on an object store), so a reader never sees half of it.
 """
 
 from __future__ import annotations
@@ -56,23 +56,19 @@ def iter_blocks(files: list[str], columns: list[str], rows: int) -> Iterator[pa.
 
 
 def write_file(table: pa.Table, directory: str, name: str | None = None) -> str:
-    """Write `table` as one Parquet file in `directory` (written aside, then renamed): `name`, replacing
-    a file of that name (a retried task writes the same file again), else a new `part-<uuid>.parquet`.
-    Returns its URI."""
+    """Write `table` as one Parquet file in `directory`, atomically (`uris.write_atomically`): `name`,
+    replacing a file of that name (a retried task writes the same file again), else a new
+    `part-<uuid>.parquet`. Returns its URI."""
     fs, path = uris.filesystem(directory)
-    fs.makedirs(path, exist_ok=True)
-    unique = uuid.uuid4().hex
-    tmp, final = f"{path}/.tmp-{unique}.parquet", f"{path}/{name or f'part-{unique}.parquet'}"
-    with fs.open(tmp, "wb") as f:
-        pq.write_table(table, f)
-    fs.mv(tmp, final)
+    final = f"{path}/{name or f'part-{uuid.uuid4().hex}.parquet'}"
+    uris.write_atomically(uris.qualify(fs, final), lambda f: pq.write_table(table, f))
     return uris.qualify(fs, final)
 
 
 def keep_only(directory: str, keep: set[str]) -> None:
     """Remove every file under `directory` but `keep` (URIs as `write_file` returned them): what a task
     attempt that was retried, or killed half-way, left behind."""
-    fs, path = uris.filesystem(directory)
+    fs, path = uris.fresh(directory)
     if not fs.exists(path):
         return
     for found in fs.find(path):

@@ -1,25 +1,64 @@
-"""Paths and filesystems: local paths, `file://`, `s3://` (any fsspec URI), globs and shard directories."""
+"""Paths and filesystems: local paths, `file://`, `s3://` (any fsspec URI), globs and shard directories.
+
+Every listing the driver acts on must show the storage as it is now: scoring actors in other processes
+commit pieces while the driver runs, and fsspec keeps one filesystem instance per process whose listing
+cache (s3fs's `dircache`) is otherwise never refreshed. So `filesystem` hands out remote filesystems with
+the listing cache off, and the listing helpers here drop what a filesystem may have cached before they
+list. Writes go through `write_atomically`: a reader sees a file whole or not at all, on a local disk
+also after a power loss.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import uuid
+from collections.abc import Callable
+from io import BytesIO
+from typing import BinaryIO
 
 import fsspec
 import pyarrow.parquet as pq
 
 from schemas.tables import InputError
 
+LOCAL_PROTOCOLS = ("file", "local")
+
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
+    """The fsspec filesystem of `uri` and the path in it. A remote one keeps no listing cache: a listing
+    or `exists` always asks the store (the instance is shared with every caller in this process)."""
+    protocol, _ = fsspec.core.split_protocol(uri)
+    if protocol in (None, *LOCAL_PROTOCOLS):
+        return fsspec.core.url_to_fs(uri)
+    return fsspec.core.url_to_fs(uri, use_listings_cache=False)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return proto in LOCAL_PROTOCOLS
+
+
+def fresh(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """`filesystem(uri)` with anything cached about `uri` dropped: for a listing the caller trusts."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
     return fs, path
+
+
+def list_names(directory: str) -> list[str]:
+    """The names directly in `directory` (none when it does not exist), listed fresh."""
+    fs, path = fresh(directory)
+    if not fs.exists(path):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False, refresh=True))
 
 
 def qualify(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A path the other side (Ray workers) can open: protocol prefix restored for remote filesystems."""
     proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if proto in ("file", "local") else f"{proto}://{path}"
+    return path if proto in LOCAL_PROTOCOLS else f"{proto}://{path}"
 
 
 def list_parquet(uri: str) -> list[str]:
@@ -30,7 +69,7 @@ def list_parquet(uri: str) -> list[str]:
 def list_files(uri: str, extensions: tuple[str, ...], kind: str) -> list[str]:
     """Expand a file, a directory of shards (recursively: the files ending in one of `extensions`) or a glob
     into files; names starting with '_' or '.' are skipped. `kind` names the format in the error."""
-    fs, path = filesystem(uri)
+    fs, path = fresh(uri)
     if any(ch in path for ch in "*?["):
         files = sorted(fs.glob(path))
     elif fs.isdir(path):
@@ -71,24 +110,53 @@ def join(uri: str, *parts: str) -> str:
 
 
 def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
+    fs, path = fresh(uri)
     return fs.exists(path)
 
 
 def remove(uri: str) -> None:
-    fs, path = filesystem(uri)
+    fs, path = fresh(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+        fs.invalidate_cache(path)
+
+
+def write_atomically(uri: str, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file that a reader sees whole or not at all; `write(f)` fills it. On a local disk: a
+    temporary file beside it, flushed and fsynced, renamed over `uri`, and the directory fsynced (so a
+    power loss leaves the old file or the new one, never a truncated one). On an object store: one PUT of
+    the whole body (an object appears complete), with no temporary object to copy and delete."""
+    fs, path = filesystem(uri)
+    if not is_local(fs):
+        buffer = BytesIO()
+        write(buffer)
+        fs.pipe_file(path, buffer.getvalue())
+        fs.invalidate_cache(path)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(uri: str, payload: dict) -> None:
-    """Write JSON so a reader never sees a half-written file: temp object then rename (atomic locally)."""
-    fs, path = filesystem(uri)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with fs.open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    fs.mv(tmp, path)
+    """Write JSON so a reader never sees a half-written file (`write_atomically`)."""
+    body = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    write_atomically(uri, lambda f: f.write(body))
 
 
 def read_json(uri: str) -> dict:
@@ -100,8 +168,7 @@ def read_json(uri: str) -> dict:
 def pyarrow_filesystem(uri: str):
     """The filesystem to hand Ray Data for `uri` (None lets Ray resolve local paths itself)."""
     fs, _ = filesystem(uri)
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if proto in ("file", "local"):
+    if is_local(fs):
         return None
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 

@@ -45,3 +45,83 @@ def test_loopback_requests_go_direct(loopback_env, url):
     from requests.utils import get_environ_proxies
 
     assert get_environ_proxies(url) == {}
+
+
+LOCAL_JOB = """
+import json, socket, psutil, ray
+from jobs.ray_session import connect
+
+connect(None, progress_interval=0)  # no --ray-address, no RAY_ADDRESS: a local instance of its own
+ray.get(ray.remote(num_cpus=0)(lambda: 1).remote())  # a worker process too
+bound = []
+for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+    try:
+        sockets = process.net_connections(kind="inet")
+    except psutil.Error:  # ended meanwhile
+        continue
+    for s in sockets:
+        if s.status == psutil.CONN_LISTEN or s.type == socket.SOCK_DGRAM:
+            bound.append([process.name(), s.laddr.ip, s.laddr.port])
+print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "bound": bound}))
+ray.shutdown()
+"""
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def test_a_job_that_starts_its_own_instance_listens_on_loopback_only():
+    """`jobs.ray_session.connect` without an address, in a fresh process whose environment lacks Ray's
+    local-only switch: every socket its Ray processes (GCS, raylet, dashboard and its agents, workers)
+    listen on is a loopback address. The proxy variables stay set, so the dashboard's cloud-metadata probes
+    fail on loopback (connect itself leaves a job's proxy settings alone)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from jobs.loopback import RAY_LOCAL_ONLY_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in RAY_LOCAL_ONLY_ENV and k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL_JOB], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    bound = report["bound"]
+    print(f"\n{len(bound)} sockets bound by the job's Ray processes: {bound}")
+    assert report["node_ip"] == "127.0.0.1"
+    assert {name for name, _, _ in bound} >= {"gcs_server", "raylet"}
+    assert [s for s in bound if s[1] not in LOOPBACK_ADDRESSES] == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "env_address", "local"),
+    [(None, None, True), ("10.0.0.5:6379", None, False), (None, "http://10.0.0.5:8265", False)],
+)
+def test_only_an_instance_of_its_own_gets_the_switch(monkeypatch, flag, env_address, local):
+    """`connect` sets Ray's local-only switch (in the environment and in the constant Ray read at import)
+    when it starts an instance of its own; joining a cluster (`--ray-address`, or RAY_ADDRESS as `ray job
+    submit` sets it) leaves both alone. A job's proxy settings are never touched. Ray is not started."""
+    import os
+
+    import ray
+    from ray._private import ray_constants
+
+    from jobs import ray_session
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    if env_address:
+        monkeypatch.setenv("RAY_ADDRESS", env_address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    ray_session.connect(flag, progress_interval=0)
+
+    assert calls == [{"address": flag, "log_to_driver": True}]
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == ("0" if local else None)
+    assert ray_constants.ENABLE_RAY_CLUSTER is (not local)
+    assert os.environ["HTTPS_PROXY"] == "http://proxy.example:3128"

@@ -139,3 +139,87 @@ def test_a_block_over_the_media_budget_is_scored_from_several_smaller_blocks(
         context.target_max_block_size = saved
     print(f"\n2 input blocks of 12 and 13 rows -> {blocks} media output blocks under a 200 kB budget")
     assert count == 25 and blocks >= 4
+
+
+MANIFEST = """<?xml version="1.0" encoding="utf-8"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT2S" minBufferTime="PT1S"
+     profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">
+  <Period><AdaptationSet mimeType="{mime}">
+    <Representation id="1" bandwidth="1000" codecs="{codec}">
+      <BaseURL>{url}</BaseURL><SegmentBase indexRange="0-100"/>
+    </Representation>
+  </AdaptationSet></Period>
+</MPD>
+"""
+DASH = "(looks like a DASH manifest)"
+
+
+@pytest.fixture
+def silent():
+    """A listener on 127.0.0.3 that never accepts: a connection would wait in its backlog, unanswered.
+    Yields (base URL, a function telling whether anything connected)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.3", 0), backlog=8)
+    server.setblocking(False)
+
+    def connected() -> bool:
+        try:
+            server.accept()[0].close()
+        except BlockingIOError:
+            return False
+        return True
+
+    yield f"http://127.0.0.3:{server.getsockname()[1]}", connected
+    server.close()
+
+
+def test_dash_manifests_served_as_media_are_error_rows_and_open_nothing(
+    ray_session, tmp_path, site, tiny_qwen2vl, reference, silent
+):
+    """Manifests served (as .mp4 and .m4a) from an allowed server name a second loopback server the policy
+    refuses, and a server that never answers: FFmpeg would fetch what they name, outside the address policy,
+    the caps and the deadline. Each is an error row, nothing they name is contacted, the run finishes."""
+    import time
+
+    from tests.integration.test_multimodal import video
+    from tests.media_files import make_mp4
+
+    silent_url, silent_connected = silent
+    d = tmp_path / "manifests"
+    clip = make_mp4(d / "clip.mp4", seconds=1, rate=4)
+    with serve(site, host="127.0.0.2") as second:
+        targets = {
+            "video.mp4": ("video/mp4", "avc1.64000a", f"{second.url}/red.png"),
+            "audio.m4a": ("audio/mp4", "mp4a.40.2", f"{second.url}/blue.png"),
+            "silent-video.mp4": ("video/mp4", "avc1.64000a", f"{silent_url}/clip.mp4"),
+            "silent-audio.m4a": ("audio/mp4", "mp4a.40.2", f"{silent_url}/tone.m4a"),
+        }
+        for name, (mime, codec, url) in targets.items():
+            (d / name).write_text(MANIFEST.format(mime=mime, codec=codec, url=url))
+        with serve(d) as first:
+            base = first.url
+            rows = [
+                good("v", "clip", (Q, video(clip)), query_text=Q, candidate_video=f"{base}/clip.mp4"),
+                good(
+                    "a",
+                    "text",
+                    (Q, "a plain text candidate"),
+                    query_text=Q,
+                    candidate_text="a plain text candidate",
+                ),
+            ]
+            for name in targets:
+                modality = "audio" if name.endswith(".m4a") else "video"
+                ref = f"{base}/{name}"
+                reason = f"candidate_{modality} '{ref}': cannot decode as {modality}: not a supported {modality} container {DASH}"
+                qid = "a" if modality == "audio" else "v"
+                rows.append(bad(qid, name, "media", reason, query_text=Q, **{f"candidate_{modality}": ref}))
+            spec = MediaSpec(timeout_s=5.0, allow_networks=("127.0.0.1/32",))
+            began = time.monotonic()
+            run_and_check(tmp_path / "run", rows, tiny_qwen2vl.st, reference, spec)
+            elapsed = time.monotonic() - began
+        assert sorted(r["path"] for r in first.requests) == sorted(["/clip.mp4", *(f"/{n}" for n in targets)])
+        assert second.requests == []
+    assert not silent_connected()
+    print(f"\n4 manifests refused, 1 video scored, in {elapsed:.1f} s")

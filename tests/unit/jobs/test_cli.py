@@ -5,6 +5,8 @@ default is its field's, `--help` lists every field, and the refresh offers every
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import shlex
 import typing
 from dataclasses import MISSING, fields, is_dataclass
 
@@ -64,7 +66,7 @@ def test_every_flag_default_is_its_fields_and_help_lists_every_field(job):
             assert action.required, f"jobs.{job} {flag} has no default, so it must be required"
         else:
             assert action.default == default, f"jobs.{job} {flag}: default {action.default!r} != {default!r}"
-    generated = {"--ray-address", "--progress-interval", "--help", "-h"}
+    generated = {"--ray-address", "--progress-interval", "--help", "-h", "--version"}
     for flag, default, _ in expected_flags(parser.config_cls):
         generated |= {flag, "--no-" + flag[2:]} if default is True else {flag}
     assert set(actions) <= generated, f"jobs.{job} has hand-made flags {set(actions) - generated}"
@@ -176,3 +178,113 @@ def test_refresh_refuses_an_existing_run_id_before_starting_ray(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
     assert "runs/r1 already exists (--mode error); choose another --run-id" in err, err
+
+
+RERANK_REQUIRED = ["--pairs", "p.parquet", "--model", "m", "--output", "out"]
+
+
+def refused(job: str, argv: list[str], capsys) -> str:
+    """The one stderr line of a command line the parser refuses with exit code 2."""
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"jobs.{job}").main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err and err.startswith("error: "), err
+    return err
+
+
+def test_an_abbreviated_flag_is_refused_not_expanded(capsys):
+    """`--batch 32` once meant `--batch-tokens 32`; a flag is now spelled out or refused."""
+    err = refused("rerank", [*RERANK_REQUIRED, "--batch", "32"], capsys)
+    assert "unrecognized argument --batch; did you mean --batch-tokens?" in err, err
+    err = refused("rerank", [*RERANK_REQUIRED, "--batch=32"], capsys)
+    assert "unrecognized argument --batch; did you mean --batch-tokens?" in err, err
+
+
+@pytest.mark.parametrize(
+    ("job", "typed", "meant"),
+    [
+        ("rerank", "--batch-size", "--batch-tokens"),
+        ("rerank", "--max-eror-rate", "--max-error-rate"),
+        ("refresh", "--batch-tokens", "--embed-batch-tokens or --rerank-batch-tokens"),
+        ("refresh", "--model", "--embed-model or --rerank-model"),
+        ("evaluate", "--runs", "--run"),
+        ("benchmark", "--num-pair", "--num-pairs"),
+    ],
+)
+def test_an_unknown_flag_names_the_closest_real_one(capsys, job, typed, meant):
+    err = refused(job, [typed, "1"], capsys)
+    assert f"unrecognized argument {typed}; did you mean {meant}?" in err, err
+
+
+def test_an_unknown_flag_is_reported_before_missing_required_ones(capsys):
+    err = refused("rerank", ["--batch", "32"], capsys)
+    assert "--batch-tokens" in err and "required" not in err and "--pairs" not in err, err
+    err = refused("rerank", ["--nosuch"], capsys)
+    assert err.startswith("error: unrecognized argument --nosuch") and "required" not in err, err
+
+
+def test_values_that_look_like_flags_are_not_unknown_flags():
+    parser = parser_of("rerank")
+    argv = [*RERANK_REQUIRED, "--max-restarts", "-1", "--prompt", "- a dash, then words", "--top-k=3"]
+    cfg = parser.config(parser.parse_args(argv))
+    assert (cfg.pool.max_restarts, cfg.reranker.prompt, cfg.top_k) == (-1, "- a dash, then words", 3)
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_shows_readable_value_names_and_every_field_under_a_heading(job):
+    parser = parser_of(job)
+    help_text = parser.format_help()
+    assert "__" not in help_text, f"jobs.{job} --help shows an internal name: {help_text}"
+    generic = {opt for a in parser._optionals._group_actions for opt in a.option_strings}
+    assert generic <= {"-h", "--help", "--version"}, (
+        f"jobs.{job}: {sorted(generic - {'-h', '--help', '--version'})} under the generic 'options' "
+        f"heading; list the field in jobs/{job}.py GROUPS"
+    )
+
+
+def test_metavars_name_what_the_value_is():
+    usage = " ".join(parser_of("rerank").format_usage().split())
+    for shown in (
+        "--pairs URI",
+        "--output URI",
+        "--model MODEL",
+        "--actors N",
+        "--batch-tokens N",
+        "--max-error-rate RATE",
+        "--media-timeout SECONDS",
+        "--max-media-bytes BYTES",
+        "--run-id ID",
+        "--cpus-per-actor X",
+        "--column COLUMN=INPUT",  # a setting's own metavar wins
+    ):
+        assert shown in usage, f"{shown!r} not in {usage}"
+    assert "--output ROOT" in parser_of("refresh").format_usage()
+    assert "--output DIR" in parser_of("build_demo").format_usage()
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_version_prints_the_installed_package_version(capsys, job):
+    with pytest.raises(SystemExit) as exit_:
+        parser_of(job).parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ray-rerank {importlib.metadata.version('ray-rerank')}"
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_ends_with_examples_that_parse(job):
+    """Every example in `--help` is a command line the job accepts: its flags exist, its values parse."""
+    parser = parser_of(job)
+    help_text = parser.format_help()
+    assert parser.examples and "\nexamples:\n" in help_text, f"jobs.{job} --help has no example"
+    for example in parser.examples:
+        assert "  " + example in help_text
+        words = shlex.split(example.replace("\\\n", " "), comments=True)
+        start = words.index(f"jobs.{job}") + 1
+        assert words[start - 3 : start - 1] == ["python", "-m"], example
+        parser.config(parser.parse_args(words[start:]))
+
+
+@pytest.mark.parametrize("job", ["rerank", "refresh"])
+def test_the_cluster_jobs_show_the_ray_job_submit_form(job):
+    submit = f"ray job submit --working-dir . -- python -m jobs.{job} "
+    assert any(example.startswith(submit) for example in parser_of(job).examples), job
