@@ -52,7 +52,9 @@ import json, socket, psutil, ray
 from jobs.ray_session import connect
 
 connect(None, progress_interval=0)  # no --ray-address, no RAY_ADDRESS: a local instance of its own
-ray.get(ray.remote(num_cpus=0)(lambda: 1).remote())  # a worker process too
+import os
+worker_env = ray.get(ray.remote(num_cpus=0)(lambda: dict(os.environ)).remote())  # a worker process too
+ray_env = {}
 bound = []
 for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
     try:
@@ -62,7 +64,15 @@ for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
     for s in sockets:
         if s.status == psutil.CONN_LISTEN or s.type == socket.SOCK_DGRAM:
             bound.append([process.name(), s.laddr.ip, s.laddr.port])
-print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "bound": bound}))
+    if any(part.endswith("dashboard/dashboard.py") for part in process.cmdline()):
+        ray_env = process.environ()  # the dashboard's head process: it makes the cloud-metadata probes
+print(json.dumps({
+    "node_ip": ray.util.get_node_ip_address(),
+    "bound": bound,
+    "dashboard_proxy": ray_env.get("HTTPS_PROXY"),
+    "worker_proxy": worker_env.get("HTTPS_PROXY"),
+    "driver_proxy": os.environ.get("HTTPS_PROXY"),
+}))
 ray.shutdown()
 """
 LOOPBACK_ADDRESSES = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -71,16 +81,18 @@ LOOPBACK_ADDRESSES = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 def test_a_job_that_starts_its_own_instance_listens_on_loopback_only():
     """`jobs.ray_session.connect` without an address, in a fresh process whose environment lacks Ray's
     local-only switch: every socket its Ray processes (GCS, raylet, dashboard and its agents, workers)
-    listen on is a loopback address. The proxy variables stay set, so the dashboard's cloud-metadata probes
-    fail on loopback (connect itself leaves a job's proxy settings alone)."""
+    listen on is a loopback address; Ray's own processes (the dashboard among them, whose cloud-metadata
+    probes run at start-up) have HTTP(S) sent to a closed loopback port, while the job's driver and workers
+    keep the user's proxy."""
     import json
     import os
     import subprocess
     import sys
 
-    from jobs.loopback import RAY_LOCAL_ONLY_ENV
+    from jobs.loopback import CLOSED_LOOPBACK_PORT, RAY_LOCAL_ONLY_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in RAY_LOCAL_ONLY_ENV and k != "RAY_ADDRESS"}
+    env["HTTPS_PROXY"] = "http://127.0.0.1:3128"  # the user's own proxy (on loopback: nothing is sent)
     done = subprocess.run(
         [sys.executable, "-c", LOCAL_JOB], env=env, capture_output=True, text=True, timeout=240
     )
@@ -91,6 +103,10 @@ def test_a_job_that_starts_its_own_instance_listens_on_loopback_only():
     assert report["node_ip"] == "127.0.0.1"
     assert {name for name, _, _ in bound} >= {"gcs_server", "raylet"}
     assert [s for s in bound if s[1] not in LOOPBACK_ADDRESSES] == []
+    # Ray's own processes send HTTP(S) to a closed loopback port (no metadata probe leaves the machine);
+    # the job's workers and its driver keep the user's proxy.
+    assert report["dashboard_proxy"] == CLOSED_LOOPBACK_PORT
+    assert report["worker_proxy"] == report["driver_proxy"] == "http://127.0.0.1:3128"
 
 
 @pytest.mark.parametrize(
@@ -119,9 +135,15 @@ def test_only_an_instance_of_its_own_gets_the_switch(monkeypatch, flag, env_addr
     else:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
+    from jobs.loopback import NO_OUTBOUND_HTTP_ENV
+
+    PROXIES_BACK = {name: os.environ.get(name) or "" for name in NO_OUTBOUND_HTTP_ENV}
     ray_session.connect(flag, progress_interval=0)
 
-    assert calls == [{"address": flag, "log_to_driver": True}]
+    if local:  # Ray's own processes start with outbound HTTP closed; the job's workers get the job's proxy
+        assert calls == [{"log_to_driver": True, "runtime_env": {"env_vars": PROXIES_BACK}}]
+    else:
+        assert calls == [{"address": flag, "log_to_driver": True}]
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == ("0" if local else None)
     assert ray_constants.ENABLE_RAY_CLUSTER is (not local)
     assert os.environ["HTTPS_PROXY"] == "http://proxy.example:3128"
