@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.metadata
+import os
 import sys
 import types
 import typing
@@ -252,8 +253,24 @@ def _build(cls: type, args: argparse.Namespace, path: tuple[str, ...]) -> Any:
             values[f.name] = _build(kind, args, (*path, f.name))
         else:
             value = getattr(args, "__".join((*path, f.name)))
-            values[f.name] = tuple(value) if isinstance(value, list) else value
+            values[f.name] = tuple(value) if isinstance(value, list) else _absolute(f.name, value)
     return cls(**values)
+
+
+# Settings that name local paths. Ray workers do not share the driver's working directory (a job that joins
+# a running instance with --ray-address, say), so a relative path is made absolute here, on the driver:
+# an input when it exists locally (a hub id such as Qwen/Qwen3-Reranker-0.6B is left alone), an output
+# whenever it names no scheme (s3://...).
+LOCAL_INPUTS = ("pairs", "run", "corpus", "queries", "qrels", "beir", "model", "eval_queries")
+LOCAL_OUTPUTS = ("output",)
+
+
+def _absolute(name: str, value: Any) -> Any:
+    if not isinstance(value, str) or "://" in value or os.path.isabs(value):
+        return value
+    if name in LOCAL_OUTPUTS or (name in LOCAL_INPUTS and os.path.exists(value)):
+        return os.path.abspath(value)
+    return value
 
 
 def user_error(parser: SettingsParser, exc: Exception) -> int:

@@ -288,3 +288,20 @@ def test_help_ends_with_examples_that_parse(job):
 def test_the_cluster_jobs_show_the_ray_job_submit_form(job):
     submit = f"ray job submit --working-dir . -- python -m jobs.{job} "
     assert any(example.startswith(submit) for example in parser_of(job).examples), job
+
+
+def test_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
+    """Ray workers do not share the driver's working directory (a job joining a running instance), so a
+    relative output, and a relative input that exists here, reach them absolute; hub ids and URIs do not
+    change."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    parser = importlib.import_module("jobs.rerank").build_parser()
+    argv = ["--pairs", "pairs.jsonl", "--output", "out/", "--model", "Qwen/Qwen3-Reranker-0.6B"]
+    cfg = parser.config(parser.parse_args(argv))
+    assert cfg.pairs == str(tmp_path / "pairs.jsonl")
+    assert cfg.output == str(tmp_path / "out")
+    assert cfg.reranker.model == "Qwen/Qwen3-Reranker-0.6B"
+    argv = ["--pairs", "s3://b/pairs/", "--output", "s3://b/out/", "--model", "s3://b/model/"]
+    cfg = parser.config(parser.parse_args(argv))
+    assert (cfg.pairs, cfg.output, cfg.reranker.model) == ("s3://b/pairs/", "s3://b/out/", "s3://b/model/")
