@@ -115,7 +115,7 @@ def run(args: DemoConfig, _checked=None) -> str:
 def _multimodal_part(assets, out: str, pool: PoolSpec) -> None:
     from jobs.demo_assets.tiny_vlm import build_demo_vlm
     from jobs.rerank import summary
-    from pipelines.rerank.pipeline import RerankConfig
+    from pipelines.rerank.config import RerankConfig
     from pipelines.rerank.run import run_rerank
 
     vlm = os.path.join(out, "models", "tiny-qwen2vl-reranker")

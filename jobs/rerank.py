@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import SettingsParser, run_job
-from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.config import RerankConfig
 from schemas.tables import TooManyErrors
 
 GROUPS = {
@@ -65,7 +65,7 @@ def summary(manifest: dict, output: str) -> str:
 
 def check(cfg: RerankConfig) -> None:
     """The pairs and the output, before a Ray instance is started or joined."""
-    from pipelines.rerank.pipeline import check_pairs
+    from pipelines.rerank.inputs import check_pairs
     from pipelines.rerank.run import held_run
 
     check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)

@@ -25,14 +25,9 @@ import ray
 from actors.media.loader import MEDIA_COLUMNS, MediaSpec
 from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
-from pipelines.rerank.pipeline import (
-    RERANK_CHAIN,
-    PairsPlan,
-    RerankConfig,
-    Reranked,
-    rank_scored,
-    score_pairs,
-)
+from pipelines.rerank.config import RerankConfig
+from pipelines.rerank.inputs import RERANK_CHAIN, PairsPlan
+from pipelines.rerank.pipeline import Reranked, rank_scored, score_pairs
 from pipelines.rerank.validate import ALL_COLUMNS, resolve_keep
 from schemas import columns as c
 from schemas.stages import check_chain

@@ -45,6 +45,7 @@ SCORE = Stage(
         c.ROW_TOKENS,
         c.ROW_PADDED,
         c.ROW_UNSORTED_PADDED,
+        c.ROW_TRUNCATED,
         *c.ACTOR_TIME.values(),
         c.ROW_FORWARD_START,
         c.ROW_FORWARD_END,

@@ -33,7 +33,7 @@ from jobs.bench.data import (
 )
 from jobs.bench.fast_path_runs import fast_path_report, fast_path_variants, median, ties
 from jobs.bench.models import MODEL_CONFIGS, flops_per_pair, peak_tflops
-from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.config import RerankConfig
 from pipelines.runs.info import library_versions
 from schemas import columns as c
 from schemas.settings import SettingError, at_least, setting, validate_nested

@@ -42,7 +42,7 @@ from pipelines.refresh.publish import (
 )
 from pipelines.refresh.retrieve import METRICS, Metric, retrieve
 from pipelines.refresh.score_cache import ScoreCache
-from pipelines.rerank.pipeline import Mode, RerankConfig, check_run_id
+from pipelines.rerank.config import Mode, RerankConfig, check_run_id
 from pipelines.rerank.run import run_rerank
 from pipelines.rerank.trec import check_tag, write_run_file
 from pipelines.runs import progress

@@ -1,4 +1,4 @@
-"""The offline rerank pipeline's configuration and stages: pairs in, scored and ranked rows out.
+"""The offline rerank pipeline's stages: pairs in, scored and ranked rows out (the config: `pipelines.rerank.config`;
 
 read ─► validate ─► resolve media (CPU) ─► score (actor pool) ─► checkpoint pieces ─► rank per query
      ─► write ranked/ + errors/ ─► manifest.json (written last: its presence means the output is complete)
@@ -11,197 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from actors.media.loader import MEDIA, MEDIA_COLUMNS, MediaSpec, resolve_media_blocks
-from actors.pool import PoolSpec
+from actors.media.loader import MediaSpec, resolve_media_blocks
 from actors.reranker.preprocess import preprocess_block
-from actors.reranker.spec import RerankerSpec
-from actors.reranker.worker import SCORE, RerankWorker
-from pipelines.inputs.sources import (
-    FORMATS,
-    FileFormat,
-    Source,
-    media_columns_with_values,
-    open_source,
-    parse_columns,
-    stage_copy,
-)
-from pipelines.rerank.rank import RANK, only_scored, rank_group, to_errors
-from pipelines.rerank.trec import check_tag
-from pipelines.rerank.validate import VALIDATE, check_keep_columns, resolve_keep, validate_pairs
-from pipelines.runs.model_access import check_remote_code, warn_remote_code
+from actors.reranker.worker import RerankWorker
+from pipelines.rerank.config import RerankConfig
+from pipelines.rerank.inputs import PairsPlan
+from pipelines.rerank.rank import only_scored, rank_group, to_errors
+from pipelines.rerank.validate import validate_pairs
 from pipelines.storage import uris
 from schemas import columns as c
-from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
-from schemas.stages import check_chain
-from schemas.tables import PAIRS_SCHEMA, InputError, check_pairs_schema
-
-Mode = Literal["error", "overwrite", "resume"]
-
-
-def check_run_id(run_id: str | None) -> None:
-    """A run id names a folder: a plain name, no '/', not starting with '.'."""
-    if run_id is not None and (not run_id or "/" in run_id or run_id.startswith(".")):
-        raise SettingError("run_id", f"{run_id!r}: use a plain name (no '/', not starting with '.')")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RerankConfig:
-    """Everything one rerank run needs. `jobs.rerank` generates one flag per field (nested specs
-    flattened); `jobs.refresh` holds the same specs under `--rerank-*`."""
-
-    pairs: str = setting(
-        help="pairs (Parquet, JSON Lines or CSV): a file, a directory of shards or a glob; local or s3://"
-    )
-    output: str = setting(help="output directory (local or s3://): ranked/, errors/, manifest.json")
-    format: FileFormat = setting(
-        "auto",
-        help="format of --pairs: parquet, jsonl (one JSON object per line) or csv (a header line); "
-        "auto: from the file extension",
-    )
-    columns: tuple[str, ...] | None = setting(
-        None,
-        flag="column",
-        action="append",
-        metavar="COLUMN=INPUT",
-        help="read the contract column COLUMN from the input column INPUT, e.g. query_text=question; "
-        "repeatable",
-    )
-    keep_columns: tuple[str, ...] = setting(
-        (),
-        metavar="A,B|*",
-        help="input columns carried unchanged into ranked/ (*: every input column)",
-    )
-    reranker: RerankerSpec = setting(help="reranker")
-    pool: PoolSpec = setting(default_factory=PoolSpec, help="scoring actor pool")
-    media: MediaSpec = setting(default_factory=MediaSpec, help="media (fetch and decode limits)")
-    top_k: int | None = setting(None, help="keep only the best K candidates per query (default: all)")
-    run_id: str | None = setting(
-        None, help="run id; re-running with the same id resumes and never duplicates rows"
-    )
-    mode: Mode | None = setting(
-        None,
-        help="when --output already holds a run: error (refuse), overwrite (replace it), resume (continue it; "
-        "it must have the same run id and settings). Default: resume for the same --run-id, else error",
-    )
-    rank_on_driver_rows: int = setting(
-        1_000_000,
-        help="rank on the driver (one Arrow sort of ids and scores, no shuffle) when the input has at most "
-        "this many pairs; above it, a hash shuffle by query_id across the cluster; 0: always the cluster",
-    )
-    max_error_rate: float = setting(
-        0.01,
-        help="a run whose failed/pairs_in exceeds this exits 3, its output complete and its manifest saying why",
-    )
-    trec_run: bool = setting(
-        False, help="also write <output>/run.trec: the ranked rows as a TREC run file (tag: the run id)"
-    )
-
-    def validate(self) -> RerankConfig:
-        at_least(self, 1, "top_k")
-        at_least(self, 0, "max_error_rate", "rank_on_driver_rows")
-        one_of(self, "format", FORMATS)
-        check_run_id(self.run_id)
-        check_tag(self.run_id, self.trec_run)
-        parse_columns(self.columns, PAIRS_SCHEMA.names)
-        check_keep_columns(self.keep_columns)
-        validate_nested(self)
-        check_remote_code(self.reranker, "reranker")
-        warn_remote_code(self.reranker)
-        return self
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    root: str
-    manifest_name: str = "manifest.json"
-
-    @property
-    def ranked(self) -> str:
-        return uris.join(self.root, "ranked")
-
-    @property
-    def errors(self) -> str:
-        return uris.join(self.root, "errors")
-
-    @property
-    def scored(self) -> str:
-        return uris.join(self.root, "_scored")
-
-    @property
-    def manifest(self) -> str:
-        return uris.join(self.root, self.manifest_name)
-
-    @property
-    def staged_pairs(self) -> str:
-        """JSON Lines or CSV pairs copied to Parquet, for the resumable reader (see `pairs_files`)."""
-        return uris.join(self.root, "_input")
-
-
-# The stages `run_rerank` wires, in order. The media stage is skipped when no media column holds a value;
-# nothing after it needs its columns, so one chain covers both.
-RERANK_CHAIN = (VALIDATE, MEDIA, SCORE, RANK)
-
-
-@dataclass(frozen=True)
-class PairsPlan:
-    """What the driver learned about the pairs before any cluster work. `rename`: (input column, contract
-    column) pairs from `--column`; `keep`: the kept input columns (`*` expanded); `media`: whether the
-    media stage runs (a media column holds a value)."""
-
-    keep: tuple[str, ...] = ()
-    media: bool = True
-    rename: tuple[tuple[str, str], ...] = ()
-    source: Source | None = None
-
-    @property
-    def files(self) -> list[str]:
-        return list(self.source.files) if self.source is not None else []
-
-
-def check_pairs(
-    pairs: str,
-    fmt: FileFormat = "auto",
-    columns: Sequence[str] | None = None,
-    keep_columns: Sequence[str] = (),
-) -> PairsPlan:
-    """Driver-side validation before any cluster work: files exist, every file's schema (after the
-    `--column` renames; for JSON Lines and CSV, its first block) fits the contract and feeds every stage of
-    `RERANK_CHAIN` the columns it needs, the kept columns exist, the input has rows."""
-    source = open_source(pairs, fmt, parse_columns(columns, PAIRS_SCHEMA.names), PAIRS_SCHEMA)
-    schemas = source.schemas()
-    for f, schema in schemas.items():
-        check_pairs_schema(schema, where=f)
-        check_chain(schema.names, RERANK_CHAIN, where=f)
-    if source.is_empty():
-        raise InputError(f"{pairs}: the input has no rows")
-    keep = resolve_keep(keep_columns, {f: schema.names for f, schema in schemas.items()})
-    if source.format == "parquet":
-        found = media_columns_with_values(list(source.files), [source.input_name(n) for n in MEDIA_COLUMNS])
-        media = bool(found)
-    else:
-        media = any(n in schema.names for schema in schemas.values() for n in MEDIA_COLUMNS)
-    return PairsPlan(keep, media, source.rename, source)
-
-
-def check_inputs(pairs: str) -> list[str]:
-    """`check_pairs` for pairs under the contract's own column names: their files."""
-    return check_pairs(pairs).files
-
-
-def pairs_files(plan: PairsPlan, layout: OutputLayout) -> list[str]:
-    """Parquet files holding the pairs, for the resumable reader (a row's key is its position in a Parquet
-    file): the input files themselves, or for JSON Lines and CSV a Parquet copy under `_input/`, written
-    once and reused by every attempt of the run while the input files are unchanged."""
-    if plan.source is None or plan.source.format == "parquet":
-        return plan.files
-    return stage_copy(plan.source, layout.staged_pairs)
-
 
 PREPROCESS_TASK_MEMORY = 1 << 30  # peak RSS of a preprocess worker, SmolLM2, 2,048-row blocks: 1.0 GiB
 

@@ -26,18 +26,9 @@ import ray
 from actors.reranker.quarantine import describe_stuck
 from actors.reranker.truncation import truncation_warning
 from actors.reranker.worker import RerankWorker
-from pipelines.rerank.pipeline import (
-    OutputLayout,
-    PairsPlan,
-    RerankConfig,
-    attempts_dir,
-    block_stats,
-    check_pairs,
-    pairs_files,
-    rank_partitions,
-    rank_scored,
-    score_pairs,
-)
+from pipelines.rerank.config import OutputLayout, RerankConfig
+from pipelines.rerank.inputs import PairsPlan, check_pairs, pairs_files
+from pipelines.rerank.pipeline import attempts_dir, block_stats, rank_partitions, rank_scored, score_pairs
 from pipelines.rerank.rank import (
     edges_are_apart,
     only_scored,

@@ -29,7 +29,7 @@ from sentence_transformers import CrossEncoder
 from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
 from pipelines.refresh.publish import read_latest
-from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.config import RerankConfig
 from pipelines.rerank.run import run_rerank
 from pipelines.runs import progress
 from pipelines.runs.checkpoint import Checkpoint, commit_piece, piece_rows_from_name
@@ -94,9 +94,15 @@ def start(module: str, argv: list[str], endpoint: str) -> subprocess.Popen:
     )
 
 
-def run_job(module: str, argv: list[str], endpoint: str) -> str:
+def run_job(module: str, argv: list[str], endpoint: str, timeout_s: float = 480) -> str:
+    """Run a job to its end; its output (the job's log) on success, else the test fails showing it."""
     proc = start(module, argv, endpoint)
-    out, _ = proc.communicate(timeout=300)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{module} ran over {timeout_s} s:\n{out[-4000:]}")
     assert proc.returncode == 0, out[-4000:]
     return out
 
@@ -170,13 +176,15 @@ def test_a_driver_killed_mid_run_resumes_on_s3(ray_session, s3, tmp_path, qwen3_
     argv += ["--max-length", "64", "--block-rows", "2", "--max-error-rate", "0", "--progress-interval", "1"]
     driver = start("jobs.rerank", argv, s3)
     ckpt = Checkpoint(out)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 400
     while len(ckpt.pieces()) < 3 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGKILL)  # preemption: the whole driver process group, no clean-up
-    driver.communicate()
+    log, _ = driver.communicate()
     committed = ckpt.committed_rows()
-    assert 0 < committed < table.num_rows, f"kill landed outside scoring ({committed} committed)"
+    assert 0 < committed < table.num_rows, (
+        f"kill landed outside scoring ({committed} committed):\n{log[-4000:]}"
+    )
     assert not uris.exists(uris.join(out, "manifest.json"))
 
     run_job("jobs.rerank", argv, s3)  # same run id: resumes at once (the dead driver's lease is taken over)

@@ -9,8 +9,8 @@ import pytest
 
 from actors.media.loader import MEDIA, PAYLOAD_COLUMNS, MediaSpec, resolve_media
 from actors.reranker.worker import SCORE
-from pipelines.rerank import pipeline
-from pipelines.rerank.pipeline import RERANK_CHAIN, check_inputs
+from pipelines.rerank import inputs
+from pipelines.rerank.inputs import RERANK_CHAIN, check_inputs
 from pipelines.rerank.rank import RANK, rank_group
 from pipelines.rerank.validate import VALIDATE, validate_pairs
 from schemas import columns as c
@@ -51,9 +51,9 @@ def test_check_inputs_runs_the_chain_before_any_cluster_work(tmp_path, monkeypat
     pq.write_table(pa.table({name: ["v"] for name in VALID_PAIRS}), path)
     assert check_inputs(str(path)) == [str(path)]
     needs_rank = Stage("report", needs=(c.RANK,))
-    monkeypatch.setattr(pipeline, "RERANK_CHAIN", (*RERANK_CHAIN, needs_rank))
+    monkeypatch.setattr(inputs, "RERANK_CHAIN", (*RERANK_CHAIN, needs_rank))
     assert check_inputs(str(path)) == [str(path)]  # rank_per_query adds it
-    monkeypatch.setattr(pipeline, "RERANK_CHAIN", (VALIDATE, needs_rank))
+    monkeypatch.setattr(inputs, "RERANK_CHAIN", (VALIDATE, needs_rank))
     with pytest.raises(InputError, match=r"p\.parquet: stage report needs column 'rank'") as info:
         check_inputs(str(path))
     assert "\n" not in str(info.value)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.inputs.beir import BeirDir, corpus_rows, document_text, query_rows
-from pipelines.rerank.pipeline import check_pairs
+from pipelines.rerank.inputs import check_pairs
 from schemas.qrels import QrelsError, read_qrels
 from schemas.tables import InputError
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.token_budget import pack_by_tokens, padding_efficiency
-from pipelines.rerank.pipeline import check_inputs
+from pipelines.rerank.inputs import check_inputs
 from pipelines.rerank.rank import rank_group
 from pipelines.rerank.validate import validate_pairs
 from pipelines.storage import uris

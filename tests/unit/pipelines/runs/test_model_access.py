@@ -97,7 +97,7 @@ def test_with_the_flag_it_loads_scores_as_predict_and_warns_once(tmp_path, remot
 
     from actors.reranker.spec import RerankerSpec
     from actors.reranker.worker import RerankWorker
-    from pipelines.rerank.pipeline import RerankConfig
+    from pipelines.rerank.config import RerankConfig
     from pipelines.rerank.validate import validate_pairs
 
     spec = RerankerSpec(model=str(remote_model), trust_remote_code=True)

@@ -1,0 +1,1 @@
+"""Fine-tuning a CrossEncoder reranker with sentence-transformers' CrossEncoderTrainer on Ray Train."""
