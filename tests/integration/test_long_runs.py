@@ -25,7 +25,7 @@ from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
 from actors.reranker.worker import RerankWorker
 from jobs import rerank as job
-from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.config import RerankConfig
 from pipelines.rerank.run import run_rerank
 from pipelines.runs import progress
 from pipelines.runs.checkpoint import Checkpoint

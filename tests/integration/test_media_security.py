@@ -16,7 +16,8 @@ from sentence_transformers import CrossEncoder
 
 from actors.media.loader import MediaSpec
 from actors.reranker.spec import RerankerSpec
-from pipelines.rerank.pipeline import RerankConfig, media_stage
+from pipelines.rerank.config import RerankConfig
+from pipelines.rerank.pipeline import media_stage
 from pipelines.rerank.validate import validate_pairs
 from tests.integration.test_multimodal import bad, good, image, run_and_check
 from tests.media_files import make_image, serve

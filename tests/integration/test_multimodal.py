@@ -19,7 +19,7 @@ from actors.media.loader import MediaSpec
 from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
 from actors.reranker.worker import RerankWorker
-from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.config import RerankConfig
 from pipelines.rerank.run import run_rerank
 from tests.media_files import (
     closed_port,

@@ -16,7 +16,7 @@ from sentence_transformers import CrossEncoder
 from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
 from jobs import rerank as rerank_job
-from pipelines.rerank.pipeline import RerankConfig
+from pipelines.rerank.config import RerankConfig
 from pipelines.rerank.run import run_rerank
 from schemas.tables import InputError
 from tests.tiny_models import build_bert_cross_encoder

@@ -16,7 +16,9 @@ from actors.pool import PoolSpec
 from actors.reranker.features import Featurizer
 from actors.reranker.spec import RerankerSpec
 from actors.reranker.worker import RerankWorker
-from pipelines.rerank.pipeline import PairsPlan, RerankConfig, score_pairs
+from pipelines.rerank.config import RerankConfig
+from pipelines.rerank.inputs import PairsPlan
+from pipelines.rerank.pipeline import score_pairs
 from pipelines.rerank.read import read_keyed_pairs
 from pipelines.rerank.run import run_rerank
 from tests.pairs_data import WORDS, adversarial_pairs, write_shards
