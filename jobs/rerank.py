@@ -14,10 +14,13 @@ from schemas.tables import TooManyErrors
 
 GROUPS = {
     "input/output": ("pairs", "output", "format", "columns", "keep_columns", "top_k", "trec_run"),
+    "first-stage run input": ("run", "corpus", "queries", "beir", "split", "depth"),
     "run control": ("run_id", "mode", "max_error_rate", "rank_on_driver_rows"),
 }
 EXAMPLES = (
     "python -m jobs.rerank --pairs pairs.parquet --model Qwen/Qwen3-Reranker-0.6B --output out/",
+    "python -m jobs.rerank --run bm25.trec --corpus corpus.jsonl --queries queries.jsonl --depth 100 \\\n"
+    "      --model Qwen/Qwen3-Reranker-0.6B --output out/ --run-id bm25-rerank --trec-run",
     "ray job submit --working-dir . -- python -m jobs.rerank --pairs s3://bucket/pairs/ \\\n"
     "      --model Qwen/Qwen3-Reranker-0.6B --output s3://bucket/ranked/ --actors 8 --top-k 100",
 )
@@ -65,10 +68,10 @@ def summary(manifest: dict, output: str) -> str:
 
 def check(cfg: RerankConfig) -> None:
     """The pairs and the output, before a Ray instance is started or joined."""
-    from pipelines.rerank.inputs import check_pairs
+    from pipelines.rerank.inputs import plan_inputs
     from pipelines.rerank.run import held_run
 
-    check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
+    plan_inputs(cfg)
     held_run(cfg)  # refuses an output this request may not have
 
 

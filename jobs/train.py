@@ -47,8 +47,8 @@ EXAMPLES = (
     "python -m jobs.train --beir scifact/ --split train --eval-queries dev_ids.txt \\\n"
     "      --eval-qrels scifact/qrels/dev.tsv --embed-model all-MiniLM-L6-v2 --model Qwen/Qwen3-Reranker-0.6B \\\n"
     "      --output s3://bucket/ft/ --workers 4 --batch-size 32 --max-steps 2000",
-    "python -m jobs.rerank --pairs pairs.parquet --model ft/model --output out/",
 )
+EPILOG = "then score with the trained model: python -m jobs.rerank --pairs pairs.parquet --model ft/model --output out/"
 
 
 def build_parser() -> SettingsParser:
@@ -63,6 +63,7 @@ def build_parser() -> SettingsParser:
         "Ray Train DDP group. Writes the best checkpoint (by nDCG@10 on --eval-queries) as DIR/model, "
         "which every job takes as --model, and DIR/train_manifest.json. Rerunning an unfinished run "
         "resumes it from its last checkpoint.",
+        epilog=EPILOG,
     )
 
 

@@ -51,6 +51,7 @@ PASSTHROUGH = [RETRIEVAL_SCORE, RETRIEVAL_RANK]
 INTERNAL = "__"
 ROW_ERROR = "__error"  # null when the row is fine, else a readable reason
 ROW_STAGE = "__stage"  # the stage that set ROW_ERROR
+ROW_INPUT_ERROR = "__input_error"  # a joined first-stage row without a pair: its document or query is missing
 ROW_TOKENS = "__tokens"  # real (unpadded) tokens of the scored pair
 ROW_PADDED = "__padded_tokens"  # tokens the pair occupied in its padded micro-batch
 ROW_TRUNCATED = "__truncated"  # the pair lost tokens to the max length (actors.reranker.features)

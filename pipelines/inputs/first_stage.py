@@ -18,144 +18,32 @@ the run, corpus and queries files are unchanged, so resume and run identity work
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
-from pipelines.inputs.sources import file_stamp
+from pipelines.inputs.beir import BeirDir
+from pipelines.inputs.runs import RUN_SCHEMA, RunSource, open_run, parse_trec, read_run, run_rows
+from pipelines.inputs.sources import Source, file_stamp, open_source, parse_columns, stage_source
 from pipelines.refresh.join import co_partition, join_tables, partitions_for
 from pipelines.storage import uris
-from pipelines.storage.tables import read_files, write_file
+from pipelines.storage.tables import write_file
 from schemas import columns as c
-from schemas.tables import CORPUS_SCHEMA, QUERIES_SCHEMA, InputError, normalize_to
-
-RUN_SCHEMA = pa.schema(
-    [
-        pa.field(c.QUERY_ID, pa.string()),
-        pa.field(c.DOC_ID, pa.string()),
-        pa.field(c.RETRIEVAL_SCORE, pa.float64()),
-        pa.field(c.RETRIEVAL_RANK, pa.int64()),
-    ]
+from schemas.tables import (
+    CORPUS_SCHEMA,
+    QUERIES_SCHEMA,
+    InputError,
+    check_corpus_schema,
+    check_queries_schema,
+    normalize_to,
 )
-TREC_EXTENSIONS = (".trec", ".run", ".txt", ".tsv")
-RUN_EXTENSIONS = {"trec": TREC_EXTENSIONS, "parquet": (".parquet",), "jsonl": (".jsonl", ".json")}
-INSTRUCTION = "instruction"
-INPUT_ERROR = "__input_error"  # why a joined row has no pair: its document or query is missing
-STAGE = "join"
+
+INSTRUCTION = c.INSTRUCTION
+INPUT_ERROR = c.ROW_INPUT_ERROR  # why a joined row has no pair: its document or query is missing
 STAGED_RECORD = "_source.json"
 ROWS_PER_PARTITION = 200_000
-
-
-@dataclass(frozen=True)
-class RunSource:
-    """A first-stage run on the driver: its files and their format (`trec`, `parquet` or `jsonl`)."""
-
-    uri: str
-    files: tuple[str, ...]
-    format: str
-
-    def rows_estimate(self) -> int:
-        """Rows, exactly for Parquet (footers), else from the bytes (a TREC line is ~40 bytes)."""
-        if self.format == "parquet":
-            return uris.count_rows(list(self.files))
-        total = 0
-        for f in self.files:
-            fs, path = uris.filesystem(f)
-            total += int(fs.info(path).get("size") or 0)
-        return total // 40 + 1
-
-
-def open_run(uri: str) -> RunSource:
-    """Resolve a run file, a directory of run files or a glob; its format from the files' extension (TREC
-    run text: .trec, .run, .txt, .tsv). Fails in one line naming the path."""
-    known = ", ".join(e for exts in RUN_EXTENSIONS.values() for e in exts)
-    everything = tuple(e for exts in RUN_EXTENSIONS.values() for e in exts)
-    try:
-        files = uris.list_files(uri, everything, "run")
-    except InputError:
-        raise InputError(
-            f"--run {uri}: no run files found (TREC run text, Parquet or JSON Lines: {known})"
-        ) from None
-    formats = {fmt for f in files for fmt, exts in RUN_EXTENSIONS.items() if f.endswith(exts)}
-    if len(formats) != 1:
-        found = sorted(formats) or "none recognised"
-        raise InputError(f"--run {uri}: the run's files must have one format ({known}); found {found}")
-    return RunSource(uri, tuple(files), formats.pop())
-
-
-def parse_trec(text: str, where: str) -> pa.Table:
-    """TREC run lines `qid Q0 docid rank score tag` as RUN_SCHEMA rows; a malformed line fails naming it."""
-    qids, docs, ranks, scores = [], [], [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 6:
-            raise InputError(
-                f"{where}:{n}: a TREC run line has 6 fields (qid Q0 docid rank score tag), got {len(fields)}"
-            )
-        try:
-            ranks.append(int(fields[3]))
-            scores.append(float(fields[4]))
-        except ValueError:
-            raise InputError(
-                f"{where}:{n}: rank and score must be numbers, got {fields[3]!r} {fields[4]!r}"
-            ) from None
-        qids.append(fields[0])
-        docs.append(fields[2])
-    return pa.table([qids, docs, scores, ranks], schema=RUN_SCHEMA)
-
-
-def run_rows(table: pa.Table, where: str) -> pa.Table:
-    """Parquet / JSON Lines run rows onto RUN_SCHEMA: `doc_id` or `candidate_id`; `score` and `rank` (a
-    missing rank is the order by score, best first)."""
-    names = table.column_names
-    doc = c.DOC_ID if c.DOC_ID in names else c.CANDIDATE_ID if c.CANDIDATE_ID in names else None
-    if c.QUERY_ID not in names or doc is None:
-        raise InputError(f"{where}: a run needs query_id and doc_id (or candidate_id); columns: {names}")
-    if "score" not in names and "rank" not in names:
-        raise InputError(f"{where}: a run needs a score or a rank column; columns: {names}")
-    score = (
-        table.column("score").cast(pa.float64()) if "score" in names else pa.nulls(len(table), pa.float64())
-    )
-    if "rank" in names:
-        rank = table.column("rank").cast(pa.int64())
-    else:
-        order = pc.sort_indices(
-            pa.table({"q": table.column(c.QUERY_ID), "s": score}),
-            sort_keys=[("q", "ascending"), ("s", "descending")],
-        )
-        rank = np.empty(len(table), dtype=np.int64)
-        qids = table.column(c.QUERY_ID).take(order).to_pylist()
-        k = 0
-        for i, idx in enumerate(order.to_pylist()):
-            k = 1 if i == 0 or qids[i] != qids[i - 1] else k + 1
-            rank[idx] = k
-        rank = pa.array(rank)
-    return pa.table(
-        [table.column(c.QUERY_ID).cast(pa.string()), table.column(doc).cast(pa.string()), score, rank],
-        schema=RUN_SCHEMA,
-    )
-
-
-def read_run(source: RunSource) -> pa.Table:
-    """The whole run on the driver (the small-input path)."""
-    parts = []
-    for f in source.files:
-        fs, path = uris.filesystem(f)
-        with fs.open(path, "rb") as handle:
-            if source.format == "trec":
-                parts.append(parse_trec(handle.read().decode(), f))
-            elif source.format == "parquet":
-                parts.append(run_rows(pq.read_table(handle), f))
-            else:
-                parts.append(run_rows(pajson.read_json(handle), f))
-    return pa.concat_tables(parts) if parts else RUN_SCHEMA.empty_table()
+DRIVER_BYTES = 64 << 20  # inputs (run, corpus, queries) up to this size are joined in the driver process
 
 
 def best_per_query(rows: pa.Table, _right=None, depth: int | None = None) -> pa.Table:
@@ -249,38 +137,89 @@ def join_run(run: pa.Table, corpus: pa.Table, queries: pa.Table, depth: int | No
     return attach_queries(attach_documents(rows, corpus), queries, with_instruction)
 
 
-def stage_run_pairs(
-    run: RunSource,
-    corpus_files: Sequence[str],
-    query_files: Sequence[str],
-    depth: int | None,
-    output: str,
-    driver_rows: int,
-) -> list[str]:
-    """Join the run with the corpus and queries (Parquet files under the contract's names) into pairs
-    staged under `output`; reuse an earlier staging of the same files and depth. Returns the pair files."""
-    record = uris.join(output, STAGED_RECORD)
-    stamp = {
-        "run": [file_stamp(f) for f in run.files],
-        "corpus": [file_stamp(f) for f in corpus_files],
-        "queries": [file_stamp(f) for f in query_files],
-        "depth": depth,
-    }
-    if uris.exists(record) and uris.read_json(record) == stamp:
-        return uris.list_parquet(output)
-    uris.remove(output)
-    with_instruction = INSTRUCTION in uris.read_schema(query_files[0]).names
-    docs = uris.count_rows(list(corpus_files))
-    if run.rows_estimate() + docs <= driver_rows:
-        query_cols = queries_schema(with_instruction).names
-        pairs = join_run(
-            read_run(run), read_files(list(corpus_files)), read_files(list(query_files), query_cols), depth
+@dataclass(frozen=True)
+class FirstStage:
+    """A run joined with its corpus and queries, resolved on the driver (files exist, schemas fit)."""
+
+    run: RunSource
+    corpus: Source
+    queries: Source
+    depth: int | None
+
+    @property
+    def files(self) -> list[str]:
+        """Every input file: what the run's identity records (sizes and modification times)."""
+        return [*self.run.files, *self.corpus.files, *self.queries.files]
+
+    def bytes(self) -> int:
+        return sum(source.size_bytes() for source in (self.run, self.corpus, self.queries))
+
+    @property
+    def with_instruction(self) -> bool:
+        return any(INSTRUCTION in schema.names for schema in self.queries.schemas().values())
+
+    @property
+    def media(self) -> bool:
+        return any(
+            name in schema.names for schema in self.corpus.schemas().values() for name in c.DOC_CONTENT[1:]
         )
-        write_file(pairs, output)
+
+
+def open_first_stage(cfg) -> FirstStage:
+    """`cfg` (a RerankConfig) with `--run`: the run, and the corpus and queries from `--corpus`/`--queries`
+    (`--format`, `--column` apply to them) or `--beir DIR --split S`, each checked on the driver."""
+    run = open_run(cfg.run)
+    if cfg.beir is not None:
+        beir = BeirDir(cfg.beir, cfg.split)
+        problem = beir.missing_files() or beir.missing_split()
+        if problem:
+            raise InputError(f"--beir: {problem}")
+        corpus, queries = beir.sources()
     else:
-        _join_on_cluster(run, corpus_files, query_files, depth, output, with_instruction, docs)
+        columns = parse_columns(cfg.columns, (*CORPUS_SCHEMA.names, *queries_schema(True).names))
+        corpus = open_source(cfg.corpus, cfg.format, columns, CORPUS_SCHEMA)
+        queries = open_source(cfg.queries, cfg.format, columns, queries_schema(True))
+        for f, schema in corpus.schemas().items():
+            check_corpus_schema(schema, where=f)
+        for f, schema in queries.schemas().items():
+            check_queries_schema(schema, where=f)
+    for flag, source in (("--corpus", corpus), ("--queries", queries)):
+        if source.is_empty():
+            raise InputError(f"{flag} {source.uri}: the input has no rows")
+    return FirstStage(run, corpus, queries, cfg.depth)
+
+
+def stage_run_pairs(first: FirstStage, output: str, driver_bytes: int | None = None) -> list[str]:
+    """Join the run with the corpus and queries into pairs staged under `output/pairs/` (the corpus and
+    queries copied to Parquet under `output/sources/` first when they are not Parquet under the contract's
+    names); an earlier staging of the same files and depth is reused. Returns the pair files."""
+    record = uris.join(output, STAGED_RECORD)
+    stamp = {"files": [file_stamp(f) for f in first.files], "depth": first.depth}
+    pairs_dir = uris.join(output, "pairs")
+    if uris.exists(record) and uris.read_json(record) == stamp:
+        return uris.list_parquet(pairs_dir)
+    uris.remove(output)
+    with_instruction = first.with_instruction
+    query_schema = queries_schema(with_instruction)
+    if first.bytes() <= (
+        DRIVER_BYTES if driver_bytes is None else driver_bytes
+    ):  # small: read and joined here, no Ray Data execution
+        corpus = normalize_to(first.corpus.read_table(), CORPUS_SCHEMA)
+        queries = normalize_to(first.queries.read_table(), query_schema)
+        write_file(join_run(read_run(first.run), corpus, queries, first.depth), pairs_dir)
+    else:
+        corpus_files = _parquet(first.corpus, CORPUS_SCHEMA, uris.join(output, "sources", "corpus"))
+        query_files = _parquet(first.queries, query_schema, uris.join(output, "sources", "queries"))
+        docs = uris.count_rows(corpus_files)
+        _join_on_cluster(first.run, corpus_files, query_files, first.depth, pairs_dir, with_instruction, docs)
     uris.write_json(record, stamp)
-    return uris.list_parquet(output)
+    return uris.list_parquet(pairs_dir)
+
+
+def _parquet(source: Source, schema: pa.Schema, staged: str) -> list[str]:
+    if source.format == "parquet" and not source.rename and source.transform is None:
+        return list(source.files)
+    return stage_source(source, schema, staged)["files"]
 
 
 def _read_run_dataset(run: RunSource):

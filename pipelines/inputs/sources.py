@@ -104,6 +104,33 @@ class Source:
             ds = ds.map_batches(self.transform, fn_kwargs=dict(self.transform_kwargs), batch_format="pyarrow")
         return ds
 
+    def read_table(self) -> pa.Table:
+        """The whole input in this process, renamed and transformed as `read` does: for small inputs,
+        which a Ray Data execution would only slow down."""
+        parts = []
+        for file in self.files:
+            fs, path = uris.filesystem(file)
+            with fs.open(path, "rb") as f:
+                if self.format == "parquet":
+                    table = pq.read_table(f)
+                elif self.format == "csv":
+                    table = pacsv.read_csv(f, convert_options=self._csv_options())
+                else:
+                    strings = pa.schema([(n, pa.string()) for n in self._json_strings()])
+                    options = pajson.ParseOptions(explicit_schema=strings, unexpected_field_behavior="infer")
+                    table = pajson.read_json(f, parse_options=options)
+            if self.rename:
+                table = table.rename_columns([dict(self.rename).get(n, n) for n in table.column_names])
+            if self.transform is not None:
+                table = self.transform(table, **dict(self.transform_kwargs))
+            parts.append(table)
+        return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
+
+    def size_bytes(self) -> int:
+        return sum(
+            int(uris.filesystem(f)[0].info(uris.filesystem(f)[1]).get("size") or 0) for f in self.files
+        )
+
     # -- the driver's look at one file --------------------------------------------------------------
 
     def input_name(self, column: str) -> str:

@@ -14,8 +14,9 @@ from pipelines.rerank.trec import check_tag
 from pipelines.rerank.validate import check_keep_columns
 from pipelines.runs.model_access import check_remote_code, warn_remote_code
 from pipelines.storage import uris
+from schemas import columns as c
 from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
-from schemas.tables import PAIRS_SCHEMA
+from schemas.tables import CORPUS_SCHEMA, PAIRS_SCHEMA, QUERIES_SCHEMA
 
 Mode = Literal["error", "overwrite", "resume"]
 
@@ -31,8 +32,32 @@ class RerankConfig:
     """Everything one rerank run needs. `jobs.rerank` generates one flag per field (nested specs
     flattened); `jobs.refresh` holds the same specs under `--rerank-*`."""
 
-    pairs: str = setting(
-        help="pairs (Parquet, JSON Lines or CSV): a file, a directory of shards or a glob; local or s3://"
+    pairs: str | None = setting(
+        None,
+        help="pairs (Parquet, JSON Lines or CSV): a file, a directory of shards or a glob; local or s3:// "
+        "(or a first-stage --run instead)",
+    )
+    run: str | None = setting(
+        None,
+        metavar="URI",
+        help="a first-stage run instead of pairs: TREC run text (qid Q0 docid rank score tag), or Parquet / "
+        "JSON Lines rows (query_id, doc_id or candidate_id, score, rank), joined with --corpus and "
+        "--queries (or --beir); its score and rank become retrieval_score / retrieval_rank",
+    )
+    corpus: str | None = setting(
+        None, help="with --run: the documents (doc_id, doc_text, doc_image, ...), Parquet, JSON Lines or CSV"
+    )
+    queries: str | None = setting(
+        None, help="with --run: the queries (query_id, query_text, ..., optional instruction)"
+    )
+    beir: str | None = setting(
+        None, metavar="DIR", help="with --run: a BEIR directory (corpus.jsonl, queries.jsonl, qrels/)"
+    )
+    split: str = setting("test", help="with --beir: the split whose judged queries are read")
+    depth: int | None = setting(
+        None,
+        metavar="K",
+        help="with --run: each query's K best rows by the run's rank, taken before the join (default: all)",
     )
     output: str = setting(help="output directory (local or s3://): ranked/, errors/, manifest.json")
     format: FileFormat = setting(
@@ -84,12 +109,35 @@ class RerankConfig:
         one_of(self, "format", FORMATS)
         check_run_id(self.run_id)
         check_tag(self.run_id, self.trec_run)
-        parse_columns(self.columns, PAIRS_SCHEMA.names)
+        self._check_input()
+        at_least(self, 1, "depth")
         check_keep_columns(self.keep_columns)
         validate_nested(self)
         check_remote_code(self.reranker, "reranker")
         warn_remote_code(self.reranker)
         return self
+
+    def _check_input(self) -> None:
+        """Pairs, or a run with its corpus and queries (or a BEIR directory): exactly one of the two."""
+        if (self.pairs is None) == (self.run is None):
+            raise SettingError("pairs", "give --pairs, or a first-stage --run with --corpus and --queries")
+        if self.pairs is not None:
+            for name in ("corpus", "queries", "beir", "depth"):
+                if getattr(self, name) is not None:
+                    raise SettingError(name, "only with --run (--pairs are joined already)")
+            parse_columns(self.columns, PAIRS_SCHEMA.names)
+            return
+        if self.beir is not None:
+            for name in ("corpus", "queries", "columns"):
+                if getattr(self, name):
+                    raise SettingError(
+                        name, "not with --beir: the BEIR directory holds the corpus and queries"
+                    )
+        elif self.corpus is None or self.queries is None:
+            raise SettingError(
+                "corpus" if self.corpus is None else "queries", "required with --run (or --beir DIR)"
+            )
+        parse_columns(self.columns, (*CORPUS_SCHEMA.names, *QUERIES_SCHEMA.names, c.INSTRUCTION))
 
 
 @dataclass(frozen=True)
@@ -115,5 +163,6 @@ class OutputLayout:
 
     @property
     def staged_pairs(self) -> str:
-        """JSON Lines or CSV pairs copied to Parquet, for the resumable reader (see `pairs_files`)."""
+        """JSON Lines or CSV pairs copied to Parquet, or a first-stage run joined into pairs, for the
+        resumable reader (see `pairs_files`)."""
         return uris.join(self.root, "_input")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from actors.media.loader import MEDIA, MEDIA_COLUMNS
 from actors.reranker.worker import SCORE
+from pipelines.inputs.first_stage import FirstStage, open_first_stage, pairs_schema, stage_run_pairs
 from pipelines.inputs.sources import (
     FileFormat,
     Source,
@@ -16,9 +17,10 @@ from pipelines.inputs.sources import (
     parse_columns,
     stage_copy,
 )
-from pipelines.rerank.config import OutputLayout
+from pipelines.rerank.config import OutputLayout, RerankConfig
 from pipelines.rerank.rank import RANK
 from pipelines.rerank.validate import VALIDATE, resolve_keep
+from schemas import columns as c
 from schemas.stages import check_chain
 from schemas.tables import PAIRS_SCHEMA, InputError, check_pairs_schema
 
@@ -37,10 +39,25 @@ class PairsPlan:
     media: bool = True
     rename: tuple[tuple[str, str], ...] = ()
     source: Source | None = None
+    first_stage: FirstStage | None = None
 
     @property
     def files(self) -> list[str]:
+        """The input files (for a first-stage run: the run, corpus and queries files)."""
+        if self.first_stage is not None:
+            return self.first_stage.files
         return list(self.source.files) if self.source is not None else []
+
+
+def plan_inputs(cfg: RerankConfig) -> PairsPlan:
+    """The driver's check of a rerank run's input, pairs or a first-stage run (see `check_pairs`)."""
+    if cfg.run is None:
+        return check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
+    first = open_first_stage(cfg)
+    names = pairs_schema(first.with_instruction).names
+    check_chain(names, RERANK_CHAIN, where=cfg.run)
+    keep = resolve_keep(cfg.keep_columns, {cfg.run: [n for n in names if n != c.ROW_INPUT_ERROR]})
+    return PairsPlan(keep, first.media, (), None, first)
 
 
 def check_pairs(
@@ -77,6 +94,8 @@ def pairs_files(plan: PairsPlan, layout: OutputLayout) -> list[str]:
     """Parquet files holding the pairs, for the resumable reader (a row's key is its position in a Parquet
     file): the input files themselves, or for JSON Lines and CSV a Parquet copy under `_input/`, written
     once and reused by every attempt of the run while the input files are unchanged."""
+    if plan.first_stage is not None:
+        return stage_run_pairs(plan.first_stage, layout.staged_pairs)
     if plan.source is None or plan.source.format == "parquet":
         return plan.files
     return stage_copy(plan.source, layout.staged_pairs)

@@ -27,7 +27,7 @@ from actors.reranker.quarantine import describe_stuck
 from actors.reranker.truncation import truncation_warning
 from actors.reranker.worker import RerankWorker
 from pipelines.rerank.config import OutputLayout, RerankConfig
-from pipelines.rerank.inputs import PairsPlan, check_pairs, pairs_files
+from pipelines.rerank.inputs import PairsPlan, pairs_files, plan_inputs
 from pipelines.rerank.pipeline import attempts_dir, block_stats, rank_partitions, rank_scored, score_pairs
 from pipelines.rerank.rank import (
     edges_are_apart,
@@ -96,7 +96,7 @@ def run_rerank(
     (internal columns included) before removing it itself."""
     cfg.validate()
     layout = OutputLayout(cfg.output, manifest_name)
-    plan = check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
+    plan = plan_inputs(cfg)
     files = plan.files
     cfg = replace(cfg, reranker=pinned(cfg.reranker))  # a hub id loads exactly the commit resolved here
     fields = identity_fields(cfg, files, plan)

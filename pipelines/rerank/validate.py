@@ -80,13 +80,16 @@ def validate_pairs(table: pa.Table, keep: Sequence[str] = ()) -> pa.Table:
             f"--keep-columns {missing[0]!r}: the pairs have no such column ({table.column_names})"
         )
     key = table.column(c.ROW_KEY) if c.ROW_KEY in table.column_names else None
+    joined = table.column(c.ROW_INPUT_ERROR).to_pylist() if c.ROW_INPUT_ERROR in table.column_names else None
     extra = [(name, table.column(name)) for name in keep if name not in PAIRS_SCHEMA.names]
     table = normalize_pairs(table)
     for name, column in extra:
         table = table.append_column(name, column)
     if key is not None:  # the checkpoint's row key rides along (pipelines.rerank.read)
         table = table.append_column(c.ROW_KEY, key)
-    reasons: list[str | None] = [None] * table.num_rows
+    # A first-stage row whose document or query is missing (pipelines.inputs.first_stage) fails as such.
+    reasons: list[str | None] = list(joined) if joined is not None else [None] * table.num_rows
+    stages = ["join" if r is not None else None for r in reasons]
     checks = [
         (pc.is_null(table.column(c.QUERY_ID)), "query_id is null"),
         (pc.is_null(table.column(c.CANDIDATE_ID)), "candidate_id is null"),
@@ -103,7 +106,7 @@ def validate_pairs(table: pa.Table, keep: Sequence[str] = ()) -> pa.Table:
         for i, bad in enumerate(mask.to_pylist()):
             if bad and reasons[i] is None:
                 reasons[i] = reason
-    stages = [VALIDATE.name if r is not None else None for r in reasons]
+    stages = [s or (VALIDATE.name if r is not None else None) for s, r in zip(stages, reasons, strict=True)]
     return table.append_column(c.ROW_ERROR, pa.array(reasons, pa.string())).append_column(
         c.ROW_STAGE, pa.array(stages, pa.string())
     )

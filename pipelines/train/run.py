@@ -201,18 +201,7 @@ def select(result, evaluated: bool):
 
 def build_manifest(cfg, sources, inputs, data, loop, history, best_metrics, started) -> dict:
     log = history.get("log_history", [])
-    curve = [
-        {
-            "step": e["step"],
-            **{
-                k[5:]: v
-                for k, v in e.items()
-                if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
-            },
-        }
-        for e in log
-        if SELECT_KEY in e
-    ]
+    curve = [{"step": e["step"], **_eval_metrics(e)} for e in log if SELECT_KEY in e]
     facts = [e for e in log if "world_size" in e]
     pairs = data["pairs"]
     kinds = pairs.column(KIND).to_pylist()
@@ -242,7 +231,7 @@ def build_manifest(cfg, sources, inputs, data, loop, history, best_metrics, star
             "epochs": history.get("epoch"),
             "selected_step": best_metrics.get("step"),
             "selected_by": SELECT_METRIC if curve else "last step",
-            "selected_metrics": {k[5:]: v for k, v in best_metrics.items() if k.startswith("eval_")},
+            "selected_metrics": _eval_metrics(best_metrics),
             "world_size": facts[-1]["world_size"] if facts else None,
             "resumed_from_step": next(
                 (e["resumed_from_step"] for e in facts if "resumed_from_step" in e), None
@@ -255,6 +244,15 @@ def build_manifest(cfg, sources, inputs, data, loop, history, best_metrics, star
         "train_loss": [{"step": e["step"], "loss": e["loss"]} for e in log if "loss" in e],
         "library_versions": library_versions(),
         "seconds": round(time.time() - started, 1),
+    }
+
+
+def _eval_metrics(logged: dict) -> dict:
+    """The evaluator's metrics of one log entry, without the `eval_` prefix and the timing fields."""
+    return {
+        k[5:]: v
+        for k, v in logged.items()
+        if k.startswith("eval_") and not k.endswith(("runtime", "_second"))
     }
 
 

@@ -4,6 +4,7 @@ listed twice, and missing documents and queries as named error rows."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,12 +14,10 @@ from pipelines.inputs.first_stage import (
     INPUT_ERROR,
     best_per_query,
     join_run,
-    open_run,
-    parse_trec,
-    read_run,
-    run_rows,
+    open_first_stage,
     stage_run_pairs,
 )
+from pipelines.inputs.runs import open_run, parse_trec, read_run, run_rows
 from schemas.tables import InputError
 
 TREC = """q1 Q0 d3 1 9.5 bm25
@@ -89,16 +88,39 @@ def test_parquet_and_json_lines_runs_with_candidate_id_and_no_rank(tmp_path):
         run_rows(pa.table({"query_id": ["q"], "document": ["d"], "score": [1.0]}), "x")
 
 
+def first_stage_cfg(tmp_path, **overrides) -> SimpleNamespace:
+    """The first-stage settings of a RerankConfig, as `open_first_stage` reads them."""
+    settings = dict(
+        run=str(tmp_path / "bm25.trec"),
+        corpus=str(tmp_path / "corpus.jsonl"),
+        queries=str(tmp_path / "queries.parquet"),
+        beir=None,
+        split="test",
+        depth=2,
+        format="auto",
+        columns=None,
+    )
+    return SimpleNamespace(**(settings | overrides))
+
+
 def test_staged_pairs_are_reused_while_the_inputs_are_unchanged(tmp_path):
     (tmp_path / "bm25.trec").write_text(TREC)
-    pq.write_table(CORPUS, tmp_path / "corpus.parquet")
-    pq.write_table(QUERIES, tmp_path / "queries.parquet")
-    args = (open_run(str(tmp_path / "bm25.trec")), [str(tmp_path / "corpus.parquet")])
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in CORPUS.to_pylist()) + "\n")
+    pq.write_table(
+        QUERIES.append_column("instruction", pa.array(["find it", None])), tmp_path / "queries.parquet"
+    )
+    first = open_first_stage(first_stage_cfg(tmp_path))
+    assert first.with_instruction and not first.media
     staged = str(tmp_path / "out" / "_input")
-    files = stage_run_pairs(*args, [str(tmp_path / "queries.parquet")], 2, staged, driver_rows=10_000)
-    assert pq.read_table(files).num_rows == 2 + 1 + 1
-    mtime = (tmp_path / "out" / "_input" / "_source.json").stat().st_mtime_ns
-    again = stage_run_pairs(*args, [str(tmp_path / "queries.parquet")], 2, staged, driver_rows=10_000)
-    assert again == files and (tmp_path / "out" / "_input" / "_source.json").stat().st_mtime_ns == mtime
+    files = stage_run_pairs(first, staged)
+    pairs = pq.read_table(files)
+    assert pairs.num_rows == 2 + 1 + 1  # q1's two best (d3, d1), q2's one, q3's one (missing query)
+    assert pairs.column("instruction").to_pylist() == ["find it", "find it", None, None]
+    record = tmp_path / "out" / "_input" / "_source.json"
+    mtime = record.stat().st_mtime_ns
+    assert stage_run_pairs(first, staged) == files and record.stat().st_mtime_ns == mtime
     with pytest.raises(InputError, match="no run files found"):
-        open_run(str(tmp_path / "nothing"))
+        open_first_stage(first_stage_cfg(tmp_path, run=str(tmp_path / "nothing")))
+    with pytest.raises(InputError, match=r"queries\.parquet.*query_id"):
+        pq.write_table(pa.table({"qid": ["q1"], "query_text": ["x"]}), tmp_path / "queries.parquet")
+        open_first_stage(first_stage_cfg(tmp_path))
