@@ -77,7 +77,8 @@ def run(args: DemoConfig, _checked=None) -> str:
 
     from jobs.refresh import summary as refresh_summary
     from pipelines.evaluate.pipeline import format_summary
-    from pipelines.refresh.pipeline import RefreshConfig, run_refresh
+    from pipelines.refresh.config import RefreshConfig
+    from pipelines.refresh.pipeline import run_refresh
     from pipelines.storage.uris import read_json
 
     root = os.path.join(out, "refresh")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from jobs.cli import SettingsParser, run_job
-from pipelines.refresh.pipeline import RefreshConfig
+from pipelines.refresh.config import RefreshConfig
 from schemas.tables import TooManyErrors
 
 GROUPS = {
@@ -33,6 +33,8 @@ GROUPS = {
         "rank_on_driver_rows",
         "driver_rows",
         "rows_per_partition",
+        "lease_ttl_s",
+        "lease_heartbeat_s",
     ),
 }
 EXAMPLES = (
@@ -93,7 +95,8 @@ def summary(manifest: dict) -> str:
 
 def check(cfg: RefreshConfig) -> None:
     """The inputs and the run directory, before a Ray instance is started or joined."""
-    from pipelines.refresh.pipeline import check_inputs, refuse_existing_run
+    from pipelines.refresh.config import refuse_existing_run
+    from pipelines.refresh.pipeline import check_inputs
     from pipelines.refresh.publish import RunLayout
 
     check_inputs(cfg)

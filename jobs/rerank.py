@@ -15,7 +15,14 @@ from schemas.tables import TooManyErrors
 GROUPS = {
     "input/output": ("pairs", "output", "format", "columns", "keep_columns", "top_k", "trec_run"),
     "first-stage run input": ("run", "corpus", "queries", "beir", "split", "depth"),
-    "run control": ("run_id", "mode", "max_error_rate", "rank_on_driver_rows"),
+    "run control": (
+        "run_id",
+        "mode",
+        "max_error_rate",
+        "rank_on_driver_rows",
+        "lease_ttl_s",
+        "lease_heartbeat_s",
+    ),
 }
 EXAMPLES = (
     "python -m jobs.rerank --pairs pairs.parquet --model Qwen/Qwen3-Reranker-0.6B --output out/",

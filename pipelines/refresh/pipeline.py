@@ -16,20 +16,14 @@ manifest is written: a night that fails anywhere leaves the previous run publish
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import uuid
-from dataclasses import asdict, dataclass
 
-from actors.embedder import PREFIX, EmbedderSpec, EmbedWorker, Side
-from actors.media.loader import MediaSpec
-from actors.pool import PoolSpec
-from actors.reranker.spec import RerankerSpec
+from actors.embedder import PREFIX, EmbedWorker, Side
 from actors.reranker.worker import RerankWorker
-from pipelines.inputs.sources import FileFormat, media_columns_with_values
+from pipelines.inputs.sources import media_columns_with_values
 from pipelines.refresh import embed
-from pipelines.refresh.inputs import Inputs, check_inputs, check_settings, qrels_path, stage_inputs
+from pipelines.refresh.config import RefreshConfig, new_run_id, refuse_existing_run
+from pipelines.refresh.inputs import Inputs, check_inputs, qrels_path, stage_inputs
 from pipelines.refresh.manifest import night_manifest
 from pipelines.refresh.publish import (
     RunLayout,
@@ -40,165 +34,24 @@ from pipelines.refresh.publish import (
     publish_latest,
     read_latest,
 )
-from pipelines.refresh.retrieve import METRICS, Metric, retrieve
+from pipelines.refresh.retrieve import retrieve
 from pipelines.refresh.score_cache import ScoreCache
-from pipelines.rerank.config import Mode, RerankConfig, check_run_id
 from pipelines.rerank.run import run_rerank
-from pipelines.rerank.trec import check_tag, write_run_file
+from pipelines.rerank.trec import write_run_file
 from pipelines.runs import progress
 from pipelines.runs.checkpoint import Checkpoint
 from pipelines.runs.info import resolved_dtype, value_key
-from pipelines.runs.model_access import check_remote_code, warn_remote_code
+from pipelines.runs.lease import Lease, check_identity
 from pipelines.storage import uris
-from pipelines.storage.tables import DRIVER_ROWS, clustered_by_query
+from pipelines.storage.tables import clustered_by_query
 from schemas import columns as c
-from schemas.settings import SettingError, at_least, one_of, setting, validate_nested
 from schemas.tables import InputError
 
 RERANK_MANIFEST = "_rerank_manifest.json"
+NIGHT_LEASE = "_night_lease.json"  # the rerank stage's own `_lease.json` sits beside it
+NIGHT_RECORD = "_night.json"  # the night's identity (the rerank stage keeps `_run.json`)
 EMBED_STAGES: dict[str, Side] = {"embed_corpus": "document", "embed_queries": "query"}
 EVAL_KS = [1, 3, 5, 10]
-
-
-@dataclass(frozen=True, kw_only=True)
-class RefreshConfig:
-    """Everything one nightly refresh needs. `jobs.refresh` generates one flag per field: the embedder and
-    its pool under `--embed-*`, the reranker and its pool under `--rerank-*` (every setting `jobs.rerank`
-    has), the media limits as in `jobs.rerank`."""
-
-    corpus: str | None = setting(
-        None,
-        help="corpus (doc_id + doc_text/_image/_audio/_video; Parquet, JSON Lines or CSV): a file, a "
-        "directory of shards or a glob; local or s3://. Required unless --beir",
-    )
-    queries: str | None = setting(
-        None, help="queries (query_id + query_text/_image/_audio/_video). Required unless --beir"
-    )
-    beir: str | None = setting(
-        None,
-        metavar="DIR",
-        help="a BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/<split>.tsv): corpus, queries and "
-        "judgements come from it, instead of --corpus, --queries and --qrels",
-    )
-    split: str = setting(
-        "test", help="with --beir: the judgements DIR/qrels/<split>.tsv; only its queries are retrieved"
-    )
-    format: FileFormat = setting(
-        "auto", help="format of --corpus and --queries: parquet, jsonl or csv; auto: from the file extension"
-    )
-    columns: tuple[str, ...] | None = setting(
-        None,
-        flag="column",
-        action="append",
-        metavar="COLUMN=INPUT",
-        help="read the contract column COLUMN (doc_id, doc_text, query_id, query_text, ...) from the input "
-        "column INPUT, e.g. doc_text=body; repeatable",
-    )
-    keep_columns: tuple[str, ...] = setting(
-        (),
-        metavar="A,B|*",
-        help="candidate columns carried into ranked/, e.g. candidate_text (*: all of them)",
-    )
-    output: str = setting(metavar="ROOT", help="ROOT (local or s3://): runs/<run_id>/, LATEST, score_cache/")
-    embedder: EmbedderSpec = setting(prefix="embed-", help="embedding")
-    embed_pool: PoolSpec = setting(default_factory=PoolSpec, prefix="embed-", help="embedding actor pool")
-    reranker: RerankerSpec = setting(prefix="rerank-", help="reranking")
-    rerank_pool: PoolSpec = setting(default_factory=PoolSpec, prefix="rerank-", help="reranking actor pool")
-    media: MediaSpec = setting(
-        default_factory=MediaSpec, help="media (fetch and decode limits, for documents and pairs)"
-    )
-    retrieve_k: int = setting(100, help="candidates retrieved per query")
-    metric: Metric = setting("cosine", help="retrieval similarity: cosine, or dot for normalised embeddings")
-    retrieve_block_rows: int = setting(65536, help="corpus rows scored against every query in one task")
-    top_k: int | None = setting(
-        None, help="keep only the best K reranked candidates per query (default: all)"
-    )
-    run_id: str | None = setting(
-        None, help="run id (default: a timestamp); re-running an id resumes it and never duplicates rows"
-    )
-    qrels: str | None = setting(
-        None,
-        help="relevance judgements (Parquet, TREC qrels or BEIR TSV): evaluate retrieval and reranking into "
-        "runs/<run_id>/eval/",
-    )
-    rows_per_partition: int = setting(50000, help="rows per shuffle partition of the joins and merges")
-    driver_rows: int = setting(
-        DRIVER_ROWS,
-        help="inputs of at most this many rows (corpus for retrieval, score-cache lookup and append, evaluated "
-        "runs) are handled in the driver, not as Ray Data jobs; the same results. 0: always on the cluster",
-    )
-    mode: Mode | None = setting(
-        None,
-        help="when ROOT already holds this --run-id: error (refuse), overwrite (redo it from scratch), resume "
-        "(continue it with the same settings). Default: resume",
-    )
-    max_error_rate: float = setting(
-        0.01,
-        help="a night whose rerank failed/pairs exceeds this exits 3 and is not published as LATEST",
-    )
-    rank_on_driver_rows: int = setting(
-        RerankConfig.__dataclass_fields__["rank_on_driver_rows"].default,
-        help="the rerank stage's --rank-on-driver-rows",
-    )
-    trec_run: bool = setting(
-        False, help="also write runs/<run_id>/run.trec: the ranked rows as a TREC run file (tag: the run id)"
-    )
-
-    def validate(self) -> RefreshConfig:
-        at_least(self, 1, "retrieve_k", "retrieve_block_rows", "rows_per_partition", "top_k")
-        at_least(self, 0, "max_error_rate", "driver_rows", "rank_on_driver_rows")
-        one_of(self, "metric", METRICS)
-        check_run_id(self.run_id)
-        check_tag(self.run_id, self.trec_run)
-        check_settings(self)
-        if self.qrels is not None and not uris.exists(self.qrels):
-            raise SettingError("qrels", f"{self.qrels}: no such file")
-        validate_nested(self)
-        for spec, owner in ((self.embedder, "embedder"), (self.reranker, "reranker")):
-            check_remote_code(spec, owner)
-            warn_remote_code(spec)
-        return self
-
-    def rerank_config(self, pairs: str, output: str, run_id: str | None = None) -> RerankConfig:
-        """The rerank stage of this night: this config's reranker, pool and media limits over `pairs`."""
-        return RerankConfig(
-            pairs=pairs,
-            output=output,
-            reranker=self.reranker,
-            pool=self.rerank_pool,
-            media=self.media,
-            top_k=self.top_k,
-            keep_columns=self.keep_columns,
-            run_id=run_id,
-            max_error_rate=self.max_error_rate,
-            rank_on_driver_rows=self.rank_on_driver_rows,
-        )
-
-    def key(self) -> str:
-        """What a resumed run must share with the run it resumes: everything but the run id and the
-        settings that change no row (where small tables are handled)."""
-        payload = {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("run_id", "mode", "driver_rows", "rank_on_driver_rows", "trec_run")
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def latest_run(root: str) -> str | None:
-    """The run `ROOT/LATEST` names (what readers should use), or None before the first refresh."""
-    return read_latest(root)
-
-
-def refuse_existing_run(cfg: RefreshConfig, layout: RunLayout) -> None:
-    """`--mode error` on a run ROOT already holds: refused (a job with a `--run-id` checks this before it
-    starts or joins Ray, and again when the run begins)."""
-    if cfg.mode == "error" and uris.exists(layout.run_dir):
-        raise InputError(f"{layout.run_dir} already exists (--mode error); choose another --run-id")
 
 
 def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_worker_cls=RerankWorker) -> dict:
@@ -215,7 +68,11 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
             publish_latest(layout.root, layout.run_id)  # a run killed between its manifest and LATEST
         return {**manifest, "resumed": "already complete"}
     night = _Night(cfg, inputs, layout, read_latest(cfg.output))
-    return night.run(embed_worker_cls, rerank_worker_cls)
+    files = [*inputs.corpus_files, *inputs.query_files, *([q] if (q := qrels_path(cfg)) else [])]
+    lease = Lease(layout.run_dir, file=NIGHT_LEASE, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_heartbeat_s)
+    with lease:  # one driver per night; its rerank stage holds its own lease inside the run directory
+        check_identity(layout.run_dir, layout.run_id, cfg.identity(files), record_file=NIGHT_RECORD)
+        return night.run(embed_worker_cls, rerank_worker_cls)
 
 
 class _Night:
@@ -303,7 +160,10 @@ class _Night:
             manifest["not_published"] = not_published
         uris.write_json(layout.manifest, manifest)
         if not_published is None:
-            publish_latest(cfg.output, layout.run_id)
+            lost = publish_latest(cfg.output, layout.run_id)  # decided again, atomically, on the pointer
+            if lost is not None:  # a night started later was published meanwhile
+                manifest |= {"published": False, "not_published": lost}
+                uris.write_json(layout.manifest, manifest)
         return manifest
 
     def embed(self, todo: list[str], worker_cls) -> dict[str, dict]:

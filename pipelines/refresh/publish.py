@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 
 from pipelines.storage import uris
+from pipelines.storage.versioned import VersionedObject
+from schemas.tables import InputError
 
 STAGES = ("read_inputs", "embed_corpus", "embed_queries", "retrieve", "rerank", "score_cache", "evaluate")
 
@@ -81,11 +83,32 @@ def read_latest(root: str) -> str | None:
     return run_id or None
 
 
-def publish_latest(root: str, run_id: str) -> None:
-    """Point `ROOT/LATEST` at `run_id`, atomically (`uris.write_atomically`: on a local disk written aside,
-    fsynced and renamed over it; on an object store one PUT replaces the object whole)."""
-    body = (run_id + "\n").encode()
-    uris.write_atomically(uris.join(root, "LATEST"), lambda f: f.write(body))
+def publish_latest(root: str, run_id: str) -> str | None:
+    """Point `ROOT/LATEST` at `run_id` unless a run started later is published; None when published, else
+    why not. A compare-and-swap on the pointer (`VersionedObject`: If-Match on object storage, a lock
+    locally): two nights finishing together leave LATEST at the later start, never moving it backwards."""
+    pointer = VersionedObject(uris.join(root, "LATEST"))
+    for _ in range(20):  # each retry means another night moved LATEST meanwhile: decide again
+        current = pointer.read()
+        if current is not None:
+            why = _stays(root, current[0].decode().strip(), run_id)
+            if why is not None:
+                return why
+        if pointer.write((run_id + "\n").encode(), current[1] if current is not None else None):
+            return None
+    raise RuntimeError(f"{root}/LATEST kept changing while run {run_id!r} was being published")
+
+
+def _stays(root: str, latest: str, run_id: str) -> str | None:
+    if not latest or latest == run_id:
+        return None
+    theirs, mine = started_at(RunLayout(root, latest)), started_at(RunLayout(root, run_id))
+    if theirs is None or mine is None or mine > theirs:
+        return None
+    return (
+        f"LATEST stays at {latest!r}, which was started after this run; LATEST only moves forward "
+        "(this run's output is complete under its run directory)"
+    )
 
 
 def finished(layout: RunLayout, stage: str, config_key: str) -> dict | None:
@@ -95,7 +118,7 @@ def finished(layout: RunLayout, stage: str, config_key: str) -> dict | None:
         return None
     record = uris.read_json(marker)
     if record.get("config_key") != config_key:
-        raise ValueError(
+        raise InputError(
             f"run {layout.run_id!r} at {layout.run_dir} was started with a different configuration; "
             "resume it with the same flags or choose another --run-id"
         )
@@ -122,16 +145,7 @@ def started_at(layout: RunLayout) -> float | None:
 
 
 def publish_decision(layout: RunLayout) -> str | None:
-    """None when this run may become LATEST; else why not. LATEST only moves forward: a run first started
-    before the published one (an older night resumed late) never replaces it. Start times come from each
-    run's driver clock."""
-    latest = read_latest(layout.root)
-    if latest is None or latest == layout.run_id:
-        return None
-    theirs, mine = started_at(RunLayout(layout.root, latest)), started_at(layout)
-    if theirs is None or mine is None or mine > theirs:
-        return None
-    return (
-        f"LATEST stays at {latest!r}, which was started after this run; LATEST only moves forward "
-        "(this run's output is complete under its run directory)"
-    )
+    """None when this run may become LATEST now; else why not (`publish_latest` decides again, atomically).
+    LATEST only moves forward: a run first started before the published one (an older night resumed late)
+    never replaces it. Start times come from each run's driver clock."""
+    return _stays(layout.root, read_latest(layout.root) or "", layout.run_id)

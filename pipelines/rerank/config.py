@@ -99,6 +99,16 @@ class RerankConfig:
         0.01,
         help="a run whose failed/pairs_in exceeds this exits 3, its output complete and its manifest saying why",
     )
+    lease_ttl_s: float = setting(
+        60.0,
+        flag="lease-ttl",
+        help="seconds without a heartbeat after which another driver may take the run over",
+    )
+    lease_heartbeat_s: float = setting(
+        10.0,
+        flag="lease-heartbeat",
+        help="seconds between the driver's lease renewals (well under --lease-ttl)",
+    )
     trec_run: bool = setting(
         False, help="also write <output>/run.trec: the ranked rows as a TREC run file (tag: the run id)"
     )
@@ -111,6 +121,11 @@ class RerankConfig:
         check_tag(self.run_id, self.trec_run)
         self._check_input()
         at_least(self, 1, "depth")
+        at_least(self, 0.1, "lease_ttl_s", "lease_heartbeat_s")
+        if self.lease_heartbeat_s >= self.lease_ttl_s:
+            raise SettingError(
+                "lease_heartbeat_s", f"{self.lease_heartbeat_s:g} s: must be under --lease-ttl"
+            )
         check_keep_columns(self.keep_columns)
         validate_nested(self)
         check_remote_code(self.reranker, "reranker")

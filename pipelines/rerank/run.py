@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from actors.reranker.quarantine import clear as clear_markers
 from actors.reranker.quarantine import describe_stuck
 from actors.reranker.truncation import truncation_warning
 from actors.reranker.worker import RerankWorker
@@ -104,13 +105,13 @@ def run_rerank(
     complete = _complete_run(layout, cfg, run_id, fields)
     if complete is not None:
         return complete
-    with Lease(cfg.output):
+    with Lease(cfg.output, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_heartbeat_s) as lease:
         if cfg.mode == "overwrite":
             _wipe(layout)
         else:  # checked again under the lease: another driver may have started since
             held_run(cfg, layout)
         resumed = check_identity(cfg.output, run_id, fields)
-        manifest = _run(cfg, layout, run_id, fields, plan, resumed, worker_cls, extra_stages)
+        manifest = _run(cfg, layout, run_id, fields, plan, resumed, worker_cls, extra_stages, lease)
         uris.write_json(layout.manifest, manifest)
         if not keep_scored:
             Checkpoint(cfg.output).remove()
@@ -160,9 +161,10 @@ def _complete_run(layout: OutputLayout, cfg: RerankConfig, run_id: str, fields: 
     return {**manifest, "resumed": "already complete"}
 
 
-def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extra_stages) -> dict:
+def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extra_stages, lease) -> dict:
     files = pairs_files(plan, layout)  # Parquet: the input, or a copy of JSON Lines / CSV pairs
     ckpt = Checkpoint(cfg.output)
+    clear_markers(attempts_dir(cfg.output))  # blocks in flight when an earlier driver died start afresh
     if not resumed:
         ckpt.remove()  # pieces of an attempt whose identity record is gone cannot be trusted
     resumed_from = ckpt.resume()  # listed fresh; unreadable pieces removed, their pairs scored again
@@ -172,7 +174,8 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
     started = time.perf_counter()
     if len(committed) < total:
         with progress.stage("score", f"{total - len(committed)} of {total} pairs to score"):
-            commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats)
+            fence = (cfg.output, lease.token, lease.generation)  # pieces commit only under this lease
+            commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats, fence=fence)
             ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages, commit)
             t0 = time.perf_counter()
             # Progress is what the actors report committed (one count per block), never a listing of the
@@ -189,9 +192,11 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
                     raise JobFailed(stuck) from exc
             timings["score_s"] = time.perf_counter() - t0
     pieces = ckpt.pieces()  # listed fresh, once, after every actor's commit returned
-    held = ckpt.committed_rows(pieces)
-    if held != total:
-        raise RuntimeError(f"checkpoint {ckpt.directory} holds {held} of {total} pairs")
+    missing, resumed_from.pairs_duplicated = ckpt.coverage(
+        pieces, [uris.count_rows([f]) for f in files], block_stats
+    )
+    if missing:
+        raise RuntimeError(f"checkpoint {ckpt.directory} misses {missing} of {total} pairs")
 
     with progress.stage("rank"):
         t0 = time.perf_counter()
@@ -330,6 +335,7 @@ def _manifest(cfg, run_id, fields, files, stats, queries, ranked_rows, timings, 
             "pairs_scored_this_run": this_run,
             "pieces_unreadable": resumed.pieces_unreadable,
             "pairs_rescored": resumed.pairs_rescored,
+            "pairs_duplicated": resumed.pairs_duplicated,
             "pairs_truncated": stats.get("truncated", 0),
         },
         "errors": {

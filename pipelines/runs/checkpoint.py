@@ -29,12 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors.rows import key_digest
+from pipelines.runs.lease import check_fence
 from pipelines.storage import uris
 from schemas import columns as c
 
 logger = logging.getLogger("ray_rerank")
 _FOOTERS: dict[str, tuple[int, dict]] = {}  # piece -> (rows, stats): pieces are immutable once committed
 STATS_KEY = b"ray_rerank.stats"
+LEASE_KEY = b"ray_rerank.lease_generation"
 ROW_BITS = 40  # rows per file before the key overflows into the file index: 1.1e12
 PIECE_PREFIX = "piece-"
 _ROWS_IN_NAME = re.compile(r"-(\d+)\.parquet$")
@@ -85,6 +87,47 @@ class Checkpoint:
         committed = np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
         return Resumed(committed, unreadable, rescored)
 
+    def coverage(
+        self, pieces: list[str], file_rows: list[int], stats: Callable[[pa.Table], dict] | None = None
+    ) -> tuple[int, int]:
+        """(missing, duplicated): input rows no piece holds, and copies of rows held by more than one
+        piece. Complete means every row key of every input file is in a piece (a bitmap per input file, one
+        byte a row; never a set of all keys). Overlapping pieces are resolved deterministically: in piece
+        name order, a row an earlier piece holds is dropped from the later one (rewritten in place), so
+        ranking sees one copy (and `stats`, as `commit_piece` keeps them, are made again for it)."""
+        seen = [np.zeros(n, dtype=bool) for n in file_rows]
+        duplicated = 0
+        for uri in sorted(pieces):
+            keys = _read_column(uri, c.ROW_KEY).astype(np.int64)
+            files, rows = keys >> ROW_BITS, keys & ((1 << ROW_BITS) - 1)
+            again = np.zeros(len(keys), dtype=bool)
+            for f in np.unique(files):
+                mine = np.flatnonzero(files == f)
+                if f >= len(seen) or rows[mine].max(initial=-1) >= len(seen[f]):
+                    raise RuntimeError(f"checkpoint piece {uri} holds row keys outside the input")
+                again[mine] = seen[f][rows[mine]]
+                _, first = np.unique(rows[mine], return_index=True)
+                within = np.ones(len(mine), dtype=bool)
+                within[first] = False
+                again[mine] |= within
+                seen[f][rows[mine]] = True
+            if again.any():
+                duplicated += int(again.sum())
+                self._drop_rows(uri, again, stats)
+        missing = int(sum((~s).sum() for s in seen))
+        return missing, duplicated
+
+    def _drop_rows(self, uri: str, drop: np.ndarray, stats) -> None:
+        fs, path = uris.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        kept = table.filter(pa.array(~drop))
+        if stats is not None:
+            meta = {**(kept.schema.metadata or {}), STATS_KEY: json.dumps(stats(kept)).encode()}
+            kept = kept.replace_schema_metadata(meta)
+        _FOOTERS.pop(uri, None)
+        uris.write_atomically(uri, lambda f: pq.write_table(kept, f))
+
     def committed_rows(self, pieces: list[str] | None = None) -> int:
         """Rows in committed pieces (`pieces`, else listed now), from their footers (memoised per piece)."""
         return sum(_footer(uri)[0] for uri in (self.pieces() if pieces is None else pieces))
@@ -109,7 +152,7 @@ class Checkpoint:
         uris.remove(self.directory)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resumed:
     """What an attempt takes over from the checkpoint: `keys` (sorted row keys of the readable pieces),
     `pieces_unreadable` (pieces removed because they could not be read) and `pairs_rescored` (the pairs
@@ -118,18 +161,30 @@ class Resumed:
     keys: np.ndarray
     pieces_unreadable: int = 0
     pairs_rescored: int = 0
+    pairs_duplicated: int = 0  # found at the end: copies of pairs held by more than one piece, dropped
 
 
 def commit_piece(
-    table: pa.Table, directory: str, stats: Callable[[pa.Table], dict] | None = None
+    table: pa.Table,
+    directory: str,
+    stats: Callable[[pa.Table], dict] | None = None,
+    fence: tuple[str, str, int] | None = None,
 ) -> pa.Table:
     """Write one scored block as a piece, atomically; return its row count (a `map_batches` function:
     the driver counts progress from these). `stats(table)` (small, JSON-able) is kept in the piece's
-    footer, so totals never need a data pass."""
+    footer, so totals never need a data pass. `fence`: (output, lease token, generation) of the driver the
+    block was scored for; the piece is committed only while that driver still holds the run's lease, and
+    carries the generation in its footer."""
     if table.num_rows:
+        if fence is not None:
+            check_fence(fence[0], fence[1])
         final = uris.join(directory, f"{PIECE_PREFIX}{piece_name(table)}-{table.num_rows}.parquet")
+        meta = dict(table.schema.metadata or {})
         if stats is not None:
-            meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats(table)).encode()}
+            meta[STATS_KEY] = json.dumps(stats(table)).encode()
+        if fence is not None:
+            meta[LEASE_KEY] = str(fence[2]).encode()
+        if meta:
             table = table.replace_schema_metadata(meta)
         uris.write_atomically(final, lambda f: pq.write_table(table, f))
     return pa.table({"committed": [table.num_rows]})

@@ -59,6 +59,7 @@ class Lease:
 
     output: str
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    file: str = LEASE_FILE  # a job that runs another inside its output (the refresh) names its own
     ttl_s: float | None = None  # default LEASE_TTL_S
     heartbeat_s: float | None = None  # default HEARTBEAT_S
     interrupt: bool = True  # interrupt the main thread when the lease is lost (off in tests of the thread)
@@ -71,7 +72,7 @@ class Lease:
 
     @property
     def path(self) -> str:
-        return uris.join(self.output, LEASE_FILE)
+        return uris.join(self.output, self.file)
 
     def acquire(self) -> Lease:
         self.ttl_s = LEASE_TTL_S if self.ttl_s is None else self.ttl_s
@@ -176,11 +177,11 @@ def input_stats(files: list[str]) -> list[list]:
     return out
 
 
-def check_identity(output: str, run_id: str, fields: dict) -> bool:
+def check_identity(output: str, run_id: str, fields: dict, record_file: str = "_run.json") -> bool:
     """Record `fields` for `run_id` under `output`, or check them against the record of an earlier attempt.
     Returns True when an earlier attempt of the same run exists (a resume). Raises InputError naming what
     changed, or when `output` holds another run."""
-    path = uris.join(output, "_run.json")
+    path = uris.join(output, record_file)
     if not uris.exists(path):
         uris.write_json(path, {"run_id": run_id, "fields": fields})
         return False

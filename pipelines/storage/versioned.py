@@ -2,8 +2,8 @@
 was read. What a lease and a published pointer (`LATEST`) need so that two writers racing never both win.
 
 On object storage the conditions are the store's own (`If-None-Match: *` to create, `If-Match: <ETag>` to
-replace; S3 and S3-compatible servers honour both). On a local disk a lock file serialises read-compare-write
-between processes of one host, the version is a hash of the bytes, and a replacement is written aside,
+replace; S3 and S3-compatible servers honour both). On a local disk a lock on the object's folder serialises
+read-compare-write between processes of one host, the version is a hash of the bytes, and a replacement is written aside,
 fsynced and renamed over the object. `age` measures on the store's clock: the object's modification time
 against that of a probe object written now, never the writer's clock.
 """
@@ -106,13 +106,14 @@ class VersionedObject:
             return
         import fcntl
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path + ".lock", "a") as lock:
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        lock = os.open(folder, os.O_RDONLY)  # the folder itself is the lock: no lock file left behind
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            yield
+        finally:
+            os.close(lock)
 
 
 def _precondition_failed(exc: BaseException | None) -> bool:

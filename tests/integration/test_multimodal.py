@@ -146,6 +146,9 @@ def run_and_check(tmp_path, rows, model, reference: CrossEncoder, media_spec: Me
         "ranked_rows": len(good_rows),
         "pairs_resumed": 0,
         "pairs_scored_this_run": len(rows),  # pairs handled by this run (scored or failed), none resumed
+        "pairs_rescored": 0,
+        "pieces_unreadable": 0,
+        "pairs_truncated": 0,
     }
     assert manifest["config"]["media"]["timeout_s"] == media_spec.timeout_s
     return manifest

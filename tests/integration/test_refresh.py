@@ -23,7 +23,8 @@ from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
 from actors.reranker.worker import RerankWorker
 from pipelines.evaluate.pipeline import evaluate_runs
-from pipelines.refresh.pipeline import RefreshConfig, run_refresh
+from pipelines.refresh.config import RefreshConfig
+from pipelines.refresh.pipeline import run_refresh
 from pipelines.refresh.publish import read_latest
 from pipelines.refresh.retrieve import retrieve
 from pipelines.refresh.score_cache import ScoreCache

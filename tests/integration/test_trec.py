@@ -194,7 +194,8 @@ def test_refresh_writes_run_trec(ray_session, tmp_path, qwen3_causal):
     from actors.embedder import EmbedderSpec
     from actors.pool import PoolSpec
     from actors.reranker.spec import RerankerSpec
-    from pipelines.refresh.pipeline import RefreshConfig, run_refresh
+    from pipelines.refresh.config import RefreshConfig
+    from pipelines.refresh.pipeline import run_refresh
 
     rng = random.Random(2)
     docs = [

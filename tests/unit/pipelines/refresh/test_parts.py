@@ -186,7 +186,7 @@ def test_clustered_by_query_needs_each_query_contiguous_in_one_file(tmp_path):
 def test_where_small_tables_run_is_not_part_of_the_run_key(inputs):
     tmp, model = inputs
     from actors.embedder import EmbedderSpec
-    from pipelines.refresh.pipeline import RefreshConfig
+    from pipelines.refresh.config import RefreshConfig
 
     cfg = RefreshConfig(
         corpus=str(tmp / "corpus.parquet"),
