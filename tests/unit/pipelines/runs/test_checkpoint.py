@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.runs import lease
@@ -82,3 +83,29 @@ def test_run_identity_names_what_changed(tmp_path):
         check_identity(out, "night1", {**fields, "prompt": "judge:", "model": "sha256:bb"})
     with pytest.raises(InputError, match="holds the unfinished run 'night1'; pass --run-id night1"):
         check_identity(out, "night2", fields)
+
+
+def test_complete_means_every_row_covered_and_overlaps_keep_one_copy(tmp_path):
+    """Pieces holding rows {0,1} and {1,2} of a 4-row input hold 4 rows but miss row 3 (a count would call
+    it complete); once row 3 is committed the run is complete and row 1's second copy is dropped."""
+    ckpt = Checkpoint(str(tmp_path))
+    keys = row_keys(file_index=0, first_row=0, rows=4).to_numpy()
+    commit_piece(block(keys[[0, 1]]), ckpt.directory)
+    commit_piece(block(keys[[1, 2]]), ckpt.directory)
+    assert ckpt.committed_rows() == 4
+    assert ckpt.coverage(ckpt.pieces(), [4]) == (1, 1)
+    commit_piece(block(keys[[3]]), ckpt.directory)
+    assert ckpt.coverage(ckpt.pieces(), [4]) == (0, 0)  # the copy was dropped from the later piece above
+    held = sorted(k for p in ckpt.pieces() for k in pq.read_table(p).column(c.ROW_KEY).to_pylist())
+    assert held == list(keys)
+
+
+def test_a_piece_is_committed_only_under_the_lease_it_was_made_for(tmp_path):
+    ckpt = Checkpoint(str(tmp_path))
+    with Lease(str(tmp_path), interrupt=False) as mine:
+        commit_piece(block([1, 2]), ckpt.directory, fence=(str(tmp_path), mine.token, mine.generation))
+        with pytest.raises(lease.LeaseLost, match="this piece was not committed"):
+            commit_piece(block([3]), ckpt.directory, fence=(str(tmp_path), "another-drivers-token", 9))
+    assert list(ckpt.committed_keys()) == [1, 2]
+    generation = pq.ParquetFile(ckpt.pieces()[0]).schema_arrow.metadata[b"ray_rerank.lease_generation"]
+    assert int(generation) == mine.generation
