@@ -16,6 +16,9 @@ class MediaError(Exception):
     """A reference that cannot be used; the message is the reason written to errors/."""
 
 
+SCORE_FIELDS = ("audio_sample_rate",)  # every other setting refuses an item or not; none changes its content
+
+
 @dataclass(frozen=True)
 class MediaSpec:
     """Fetch and decode limits of the media stage. Small, picklable, validated on the driver.
@@ -98,6 +101,16 @@ class MediaSpec:
     def networks(self) -> tuple[Network, ...]:
         """`allow_networks` parsed (validated on the driver)."""
         return parse_networks(self.allow_networks)
+
+    def score_settings(self) -> dict:
+        """The settings that change a score (what a decoded item becomes): part of a run's identity and of
+        the score-cache key."""
+        return {name: getattr(self, name) for name in SCORE_FIELDS}
+
+    def row_settings(self) -> dict:
+        """The settings that only decide which rows fail (caps, deadline, schemes, networks): part of a
+        run's identity, not of the score-cache key (a cached score is the same score)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SCORE_FIELDS}
 
     def task_memory(self) -> int:
         """Bytes a media task asks Ray for: the output block being built and the one before it, which Ray

@@ -125,7 +125,11 @@ class _Night:
             )
         cache = ScoreCache(
             root=layout.score_cache,
-            identity=value_key(cfg.reranker, dtype=resolved_dtype(cfg.reranker, cfg.rerank_pool)),
+            identity=value_key(
+                cfg.reranker,
+                dtype=resolved_dtype(cfg.reranker, cfg.rerank_pool),
+                **cfg.media.score_settings(),
+            ),
             run_id=layout.run_id,
             pairs=retrieval["candidates"],
             rows_per_partition=cfg.rows_per_partition,

@@ -79,6 +79,8 @@ def identity_fields(cfg: RerankConfig, files: list[str], plan: PairsPlan | None 
         "keep_columns": list(cfg.keep_columns),
         "inputs": input_stats(files),
         "instructions": instruction_digest(plan.source) if plan is not None else None,
+        "media": cfg.media.score_settings(),
+        "media_limits": cfg.media.row_settings(),
     }
 
 
