@@ -16,6 +16,10 @@ class MediaError(Exception):
     """A reference that cannot be used; the message is the reason written to errors/."""
 
 
+# A task that handles untrusted bytes (fetch, decode, preprocess) is retried this many times when its worker
+# dies, not forever as Ray Data's tasks are by default: a reference that keeps crashing its worker ends
+# the job instead of looping. Room for a few node losses besides.
+UNTRUSTED_TASK_RETRIES = 4
 SCORE_FIELDS = ("audio_sample_rate",)  # every other setting refuses an item or not; none changes its content
 
 

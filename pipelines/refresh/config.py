@@ -19,7 +19,7 @@ from pipelines.refresh.publish import RunLayout, read_latest
 from pipelines.refresh.retrieve import METRICS, Metric
 from pipelines.rerank.config import Mode, RerankConfig, check_run_id
 from pipelines.rerank.trec import check_tag
-from pipelines.runs.info import model_fingerprint
+from pipelines.runs.info import model_fingerprint, resolved_dtype, value_key
 from pipelines.runs.lease import input_stats
 from pipelines.runs.model_access import check_remote_code, warn_remote_code
 from pipelines.storage import uris
@@ -159,6 +159,12 @@ class RefreshConfig:
         settings that change no row (where small tables are handled)."""
         payload = {k: v for k, v in asdict(self).items() if k not in NO_ROW_CHANGES}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def cache_identity(self) -> str:
+        """The score cache's reranker identity: the weights and every setting that changes a score,
+        the media settings that do (the audio sample rate) among them."""
+        dtype = resolved_dtype(self.reranker, self.rerank_pool)
+        return value_key(self.reranker, dtype=dtype, **self.media.score_settings())
 
     def identity(self, input_files: list[str]) -> dict:
         """What a resumed night is held to, by name (a change is named in the refusal): every setting that

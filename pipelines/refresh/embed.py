@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import ray
 
 from actors.embedder import PREFIX, ROW_EMBED_SIDE, SIDES, EmbedderSpec, EmbedWorker, Side
+from actors.media.spec import UNTRUSTED_TASK_RETRIES
 from actors.pool import PoolSpec
 from pipelines.refresh.content_hash import content_hashes
 from pipelines.refresh.embed_output import ID, WRITTEN_SCHEMA, SideInput, finish_side, write_embedded
@@ -191,6 +192,7 @@ def embed_sides(
             batch_format="pyarrow",
             num_cpus=1,
             memory=media.task_memory(),  # as in the rerank pipeline: keeps fetch/decode out of the model actors
+            max_retries=UNTRUSTED_TASK_RETRIES,
             udf_modifying_row_count=False,
         )
     ds = ds.map_batches(

@@ -40,7 +40,6 @@ from pipelines.rerank.run import run_rerank
 from pipelines.rerank.trec import write_run_file
 from pipelines.runs import progress
 from pipelines.runs.checkpoint import Checkpoint
-from pipelines.runs.info import resolved_dtype, value_key
 from pipelines.runs.lease import Lease, check_identity
 from pipelines.storage import uris
 from pipelines.storage.tables import clustered_by_query
@@ -125,11 +124,7 @@ class _Night:
             )
         cache = ScoreCache(
             root=layout.score_cache,
-            identity=value_key(
-                cfg.reranker,
-                dtype=resolved_dtype(cfg.reranker, cfg.rerank_pool),
-                **cfg.media.score_settings(),
-            ),
+            identity=cfg.cache_identity(),
             run_id=layout.run_id,
             pairs=retrieval["candidates"],
             rows_per_partition=cfg.rows_per_partition,

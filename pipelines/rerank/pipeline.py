@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import ray
 
 from actors.media.loader import MediaSpec, resolve_media_blocks
+from actors.media.spec import UNTRUSTED_TASK_RETRIES
 from actors.reranker.preprocess import preprocess_block
 from actors.reranker.worker import RerankWorker
 from pipelines.rerank.config import RerankConfig
@@ -59,6 +60,7 @@ def preprocess_stage(
         # repartition cut and hand them on as one block when done.
         memory=PREPROCESS_TASK_MEMORY,
         concurrency=cfg.pool.preprocess_tasks,
+        max_retries=UNTRUSTED_TASK_RETRIES,
         udf_modifying_row_count=False,
     )
 
@@ -116,6 +118,7 @@ def media_stage(ds: ray.data.Dataset, cfg: RerankConfig) -> ray.data.Dataset:
         # decoded). Besides sizing the tasks, a memory request the scoring actors do not make keeps Ray from
         # fusing this stage into them on CPU-only runs: fetching and decoding never run inside an actor.
         memory=cfg.media.task_memory(),
+        max_retries=UNTRUSTED_TASK_RETRIES,
         udf_modifying_row_count=False,
     )
 

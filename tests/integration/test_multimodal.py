@@ -149,6 +149,7 @@ def run_and_check(tmp_path, rows, model, reference: CrossEncoder, media_spec: Me
         "pairs_rescored": 0,
         "pieces_unreadable": 0,
         "pairs_truncated": 0,
+        "pairs_duplicated": 0,
     }
     assert manifest["config"]["media"]["timeout_s"] == media_spec.timeout_s
     return manifest

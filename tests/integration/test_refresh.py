@@ -29,7 +29,6 @@ from pipelines.refresh.publish import read_latest
 from pipelines.refresh.retrieve import retrieve
 from pipelines.refresh.score_cache import ScoreCache
 from pipelines.rerank.validate import validate_pairs
-from pipelines.runs.info import resolved_dtype, value_key
 from pipelines.storage import uris
 from pipelines.storage.tables import clustered_by_query
 from tests.media_files import make_image
@@ -408,7 +407,7 @@ def test_small_tables_on_the_driver_equal_the_cluster_path(ray_session, data, ni
     # The score cache: night one's pairs all hit, with night one's scores, on either path.
     pairs = pq.read_table(run / "candidates")
     pairs = validate_pairs(pairs.append_column("__row_key", pa.array(np.arange(pairs.num_rows))))
-    identity = value_key(cfg.reranker, dtype=resolved_dtype(cfg.reranker, cfg.rerank_pool))
+    identity = cfg.cache_identity()
     night1_scores = {(r["query_id"], r["candidate_id"]): r["score"] for r in read_dir(run / "ranked")}
     for driver_rows in (0, 10**6):
         cache = ScoreCache(
