@@ -40,6 +40,8 @@ from tests.integration.test_long_runs import plain_pairs
 from tests.media_files import s3_server
 from tests.pairs_data import write_shards
 
+pytestmark = pytest.mark.long  # minutes each: run with `bash infra/test.sh -m long`
+
 BUCKET = "rerank-out"
 ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_EC2_METADATA_DISABLED")
 

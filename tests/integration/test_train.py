@@ -20,6 +20,8 @@ from jobs import evaluate as evaluate_job
 from jobs import rerank as rerank_job
 from jobs import train as train_job
 
+pytestmark = pytest.mark.long  # minutes each: run with `bash infra/test.sh -m long`
+
 KEYS = [
     "ray", "data", "streams", "blocks", "actors", "models", "score", "pairs",
     "query", "document", "word", "judge", "relevant", "answer", "question", "duplicate",
