@@ -268,6 +268,37 @@ def s3_server() -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def s3_bucket(bucket: str) -> Iterator[str]:
+    """`s3_server` with this process pointed at it (endpoint and test credentials in the environment,
+    restored after) and an empty bucket on it; yields `s3://<bucket>`."""
+    import os
+
+    import s3fs
+
+    with s3_server() as endpoint:
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL_S3": endpoint,
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            s3fs.S3FileSystem().mkdir(bucket)
+            yield f"s3://{bucket}"
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (connection refused)."""
     import socket

@@ -13,6 +13,7 @@ import pytest
 from pipelines.rerank.trec import TREC_FILE, check_tag, write_run_file, write_trec_run
 from schemas.settings import SettingError
 from schemas.tables import InputError
+from tests import media_files
 
 
 def ranked_file(path: Path, rows: list[tuple[str, str, float]]) -> list[dict]:
@@ -115,35 +116,8 @@ def test_run_id_with_whitespace_refused_only_with_trec_run():
 @pytest.fixture
 def s3_bucket():
     """An S3-compatible server on 127.0.0.1 (moto) and a bucket on it, for this test only."""
-    import logging
-    import os
-
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("trec-bucket")
-    yield "s3://trec-bucket"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    s3fs.S3FileSystem.clear_instance_cache()
+    with media_files.s3_bucket("trec-bucket") as root:
+        yield root
 
 
 def test_object_storage_output_gives_the_same_file_and_evaluate_reads_it(tmp_path, s3_bucket):

@@ -16,6 +16,7 @@ import pytest
 from pipelines.runs import lease as lease_module
 from pipelines.runs.lease import Lease, LeaseLost, check_fence, process_start
 from schemas.tables import InputError
+from tests import media_files
 
 HOST = socket.gethostname()
 
@@ -23,35 +24,8 @@ HOST = socket.gethostname()
 @pytest.fixture(scope="module")
 def s3_root():
     """One S3-compatible server on 127.0.0.1 for the module, and a bucket on it."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("lease-bucket")
-    yield "s3://lease-bucket"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    s3fs.S3FileSystem.clear_instance_cache()
+    with media_files.s3_bucket("lease-bucket") as root:
+        yield root
 
 
 @pytest.fixture(params=["local", "s3"])
