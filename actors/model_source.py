@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://")
+RACY_SECONDS = 2.0
 DEFAULT_CACHE = "/tmp/ray-rerank-models"
 MARKER = ".complete"
 
@@ -29,6 +31,55 @@ class ModelSourceError(ValueError):
 
 def is_remote(model: str) -> bool:
     return model.startswith(REMOTE_SCHEMES)
+
+
+class ModelChanged(ValueError):
+    """The model an actor loads is not the one the driver fingerprinted for the run; one line."""
+
+
+def source_fingerprint(model: str) -> str | None:
+    """What identifies the bytes a model is loaded from, computed the same way on the driver and in an actor:
+    a local directory: `sha256:` and a digest of every file's relative path and bytes (memoised per path,
+    size, mtime and inode in `~/.cache/ray-rerank/fingerprints.json`, so an unchanged file is read once per
+    machine); an s3:// prefix: `objects:` and a digest of its objects' keys, sizes and ETags (nothing is
+    downloaded). None for a hub id, which a run pins to a commit instead."""
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        return "sha256:" + _directory_digest(path)
+    if is_remote(model):
+        return _remote_digest(model)
+    return None
+
+
+def check_loaded(model: str, loaded: str | None, expected: str | None) -> None:
+    """Raise `ModelChanged` when the fingerprint of what an actor loaded (`loaded`, from `source_fingerprint`
+    just before loading) differs from the driver's (`expected`): the model changed under the run, or differs
+    on this node."""
+    if expected is None or loaded is None or loaded == expected:
+        return
+    import socket
+
+    raise ModelChanged(
+        f"model {model!r} changed under the run: the driver fingerprinted {expected}, a scoring actor on "
+        f"{socket.gethostname()} loaded {loaded}; restore the model or start a new --run-id"
+    )
+
+
+def model_changed_in(exc: BaseException) -> str | None:
+    """The one-line message of a `ModelChanged` raised in an actor, wherever Ray and Ray Data wrapped it: in
+    the exception chain, or (Ray Data's `UserCodeException` keeps only the text of the actor's traceback) as
+    the traceback's `...ModelChanged: message` line."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # a RayTaskError holds the original exception here
+        if isinstance(cause, ModelChanged) or type(exc) is ModelChanged:
+            return str(cause if isinstance(cause, ModelChanged) else exc)
+        for line in str(exc).splitlines():
+            if f"{ModelChanged.__module__}.{ModelChanged.__name__}: " in line:
+                return line.split(f"{ModelChanged.__name__}: ", 1)[1].strip()
+        exc = cause or exc.__cause__ or exc.__context__
+    return None
 
 
 def check_model_reference(model: str) -> None:
@@ -148,3 +199,56 @@ def _download(fs, objects, root: Path, local: Path, model: str, fingerprint: str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _directory_digest(path: str) -> str:
+    memo_path = os.path.join(os.path.expanduser("~"), ".cache", "ray-rerank", "fingerprints.json")
+    try:
+        with open(memo_path) as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        memo = {}
+    h = hashlib.sha256()
+    changed = False
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            st = os.stat(full)
+            stamp = f"{os.path.abspath(full)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+            digest = memo.get(stamp)
+            if digest is None:
+                digest = _file_digest(full)
+                # A file written in the last seconds may be written again within the same mtime tick
+                # (git's "racy" case): hash it every time until it has settled.
+                if time.time() - st.st_mtime > RACY_SECONDS:
+                    memo[stamp], changed = digest, True
+            h.update(os.path.relpath(full, path).encode() + b"\0" + digest.encode())
+    if changed:
+        os.makedirs(os.path.dirname(memo_path), exist_ok=True)
+        tmp = f"{memo_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(memo, f)
+        os.replace(tmp, memo_path)
+    return h.hexdigest()[:32]
+
+
+def _remote_digest(uri: str) -> str:
+    """sha256 over each object's key (relative to the prefix), size and ETag: no object is downloaded."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    root = root.rstrip("/")
+    h = hashlib.sha256()
+    for key, info in sorted(fs.find(root, detail=True).items()):
+        etag = info.get("ETag") or info.get("etag") or info.get("md5") or ""
+        h.update(f"{key[len(root) :]}|{info.get('size')}|{etag}\n".encode())
+    return "objects:" + h.hexdigest()[:32]
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

@@ -16,6 +16,12 @@ imported; where that has happened already, the constant is set too (the processe
 environment). A job that starts its own instance (`jobs.ray_session`) sets the switch only: its driver and
 workers fetch models and data (the Hub, S3) through the user's own proxy settings, so the proxy variables,
 there to keep the tests' Ray dashboard from probing cloud metadata endpoints, are left alone.
+
+A local instance is also sized for one machine (`ONE_MACHINE_ENV`, a default the user's environment
+overrides): Ray Data 2.60 lists every Parquet read through a pool of 32 footer-reader actors, each a new
+worker process that needs a free CPU to be placed. Built for listing object storage from a cluster, on one
+machine it starts dozens of processes per read and stalls a read while the model actors hold the CPUs; one
+actor reads a local folder's footers as fast.
 """
 
 from __future__ import annotations
@@ -33,14 +39,18 @@ NO_OUTBOUND_HTTP_ENV = {
     **{name: LOOPBACK_HOSTS for name in ("no_proxy", "NO_PROXY")},
 }
 LOOPBACK_ONLY_ENV = {**RAY_LOCAL_ONLY_ENV, **NO_OUTBOUND_HTTP_ENV}
+ONE_MACHINE_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 
 
 def keep_local_ray_on_loopback(
     environ: MutableMapping[str, str] = os.environ, *, block_outbound_http: bool = True
 ) -> None:
     """Set `LOOPBACK_ONLY_ENV` in `environ` (this process and what it starts afterwards); with
-    `block_outbound_http=False`, only Ray's local-only switch (`RAY_LOCAL_ONLY_ENV`)."""
+    `block_outbound_http=False`, only Ray's local-only switch (`RAY_LOCAL_ONLY_ENV`). `ONE_MACHINE_ENV` where
+    `environ` does not set it already."""
     environ.update(LOOPBACK_ONLY_ENV if block_outbound_http else RAY_LOCAL_ONLY_ENV)
+    for name, value in ONE_MACHINE_ENV.items():
+        environ.setdefault(name, value)
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and environ is os.environ:  # Ray imported already: what it read at import
         constants.ENABLE_RAY_CLUSTER = False

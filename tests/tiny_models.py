@@ -7,6 +7,7 @@ No network: everything a test scores with is made by these functions, once per s
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -81,3 +82,18 @@ def build_bert_cross_encoder(out: Path, num_labels: int = 1, seed: int = 0, max_
     BertForSequenceClassification(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def flip_weight_byte(model_dir: Path, tensor: str = "model.norm.weight") -> None:
+    """Retrain one weight in place: the exponent byte of the first float of `tensor` (a norm weight of 1.0
+    becomes 0.25), same file size, same path."""
+    path = model_dir / "model.safetensors"
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        assert header[tensor]["dtype"] == "F32"
+        at = 8 + size + header[tensor]["data_offsets"][0] + 3  # little-endian: byte 3 holds the exponent
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x01]))

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from actors.media.loader import PAYLOAD_COLUMNS
+from actors.model_source import check_loaded, source_fingerprint
 from actors.reranker.fast_paths import PrefixReuse, apply_fast_paths, finish_scores
 from actors.reranker.features import Collator, Featurizer, RowFeatures, from_table, to_columns
 from actors.reranker.pairs import build_pairs, instructions
@@ -78,6 +79,7 @@ class RerankWorker:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.spec = spec
+        self.source = source_fingerprint(spec.model)  # of the bytes about to be loaded; checked per block
         self.model = self.load_model(spec)
         self.device = self.model.device
         self.prefix = PrefixReuse(self.model) if spec.prefix_reuse else None
@@ -139,13 +141,18 @@ class RerankWorker:
 
     # -- the Ray Data entry point ----------------------------------------------------------------
 
-    def __call__(self, table: pa.Table, attempts_dir: str | None = None, commit=None, drop=()) -> pa.Table:
+    def __call__(
+        self, table: pa.Table, attempts_dir: str | None = None, commit=None, drop=(), fingerprint=None
+    ) -> pa.Table:
         """Score a block. `attempts_dir`: where blocks being scored leave a marker, so that a block whose
         scoring kills the actor is bisected on its retries (`actors.reranker.quarantine`); None: no markers.
         `commit`: a function that makes the scored block durable (a checkpoint piece) and returns what the
         stage outputs instead of the rows; it runs here, as the block's last step, so a block is committed
         as soon as it is scored. `drop`: more columns to leave out of the output where present (the content
-        columns, still here when this actor preprocessed the block)."""
+        columns, still here when this actor preprocessed the block). `fingerprint`: the model's fingerprint
+        as the driver computed it for the run; an actor that loaded other bytes fails the run
+        (`ModelChanged`) instead of scoring with them."""
+        check_loaded(self.spec.model, self.source, fingerprint)
         self.clock = _Clock()
         n = table.num_rows
         errors = RowErrors(table, "score")

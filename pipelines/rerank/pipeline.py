@@ -71,15 +71,17 @@ def attempts_dir(output: str | None) -> str | None:
 
 
 def score_stage(
-    ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker, commit=None, drop=()
+    ds: ray.data.Dataset, cfg: RerankConfig, worker_cls=RerankWorker, commit=None, drop=(), fingerprint=None
 ) -> ray.data.Dataset:
     """The scoring actors. With `commit` (see `RerankWorker.__call__`) each actor commits the blocks it
     scores itself and the stage outputs what `commit` returns (a row count per block); `drop`: columns
-    the actor removes from its output."""
+    the actor removes from its output; `fingerprint`: the model's, as the run's identity records it (an
+    actor that loaded other bytes fails the run)."""
+    kwargs = {"attempts_dir": attempts_dir(cfg.output), "commit": commit, "drop": drop}
     return ds.map_batches(
         worker_cls,
         fn_constructor_kwargs={"spec": cfg.reranker, "torch_threads": cfg.pool.torch_threads},
-        fn_kwargs={"attempts_dir": attempts_dir(cfg.output), "commit": commit, "drop": drop},
+        fn_kwargs=kwargs if fingerprint is None else {**kwargs, "fingerprint": fingerprint},
         batch_format="pyarrow",
         udf_modifying_row_count=commit is not None,
         **cfg.pool.actor_options(),
@@ -168,11 +170,12 @@ def score_pairs(
     worker_cls=RerankWorker,
     extra_stages=(),
     commit=None,
+    fingerprint=None,
 ) -> ray.data.Dataset:
     """rename (`--column`) ─► validate ─► `extra_stages` ─► media (when `plan.media`) ─► preprocess ─►
     score: one row per input row, its `score` or its `__error`, internal columns included (or, with
     `commit`, what it returns per committed block). `cfg` gives the reranker, the pool and the media
-    limits."""
+    limits; `fingerprint` see `score_stage`."""
     if plan.rename:
         ds = ds.rename_columns(dict(plan.rename))
     ds = ds.map_batches(
@@ -184,7 +187,8 @@ def score_pairs(
         ds = media_stage(ds, cfg)
     # The actors drop the same columns: a no-op after the preprocess stage, needed when they preprocess.
     drop = content_drop(cfg, plan.keep)
-    return score_stage(preprocess_stage(ds, cfg, drop, worker_cls), cfg, worker_cls, commit, drop)
+    ds = preprocess_stage(ds, cfg, drop, worker_cls)
+    return score_stage(ds, cfg, worker_cls, commit, drop, fingerprint)
 
 
 def rank_scored(

@@ -7,10 +7,8 @@ import json
 import os
 import platform
 import re
-import time
 from importlib.metadata import PackageNotFoundError, version
 
-RACY_SECONDS = 2.0
 PACKAGES = ("ray", "torch", "transformers", "sentence-transformers", "pyarrow", "numpy", "torchcodec")
 
 
@@ -32,17 +30,14 @@ def model_fingerprint(model: str, revision: str | None = None) -> dict:
     in `~/.cache/ray-rerank/fingerprints.json`, so an unchanged 1 GB file is read once, not every run.
     A hub id: the commit `revision` (default main) resolves to, from the hub, or from the local HF cache
     when offline. An s3:// prefix: the ETags and sizes of its objects (`actors.model_source`)."""
-    path = os.path.expanduser(model)
-    if os.path.isdir(path):
-        return {
-            "revision": revision,
-            "fingerprint": "sha256:" + _directory_digest(path),
-            "path": os.path.abspath(path),
-        }
-    from actors.model_source import is_remote
+    from actors.model_source import source_fingerprint
 
-    if is_remote(model):
-        return {"revision": revision, "fingerprint": _remote_digest(model)}
+    path = os.path.expanduser(model)
+    fingerprint = source_fingerprint(model)
+    if os.path.isdir(path):
+        return {"revision": revision, "fingerprint": fingerprint, "path": os.path.abspath(path)}
+    if fingerprint is not None:
+        return {"revision": revision, "fingerprint": fingerprint}
     commit = hub_commit(model, revision)
     return {"revision": commit or revision, "fingerprint": f"hub:{commit}" if commit else None}
 
@@ -94,59 +89,6 @@ def hub_commit(repo_id: str, revision: str | None) -> str | None:
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
     return os.path.basename(os.path.normpath(folder))
-
-
-def _directory_digest(path: str) -> str:
-    memo_path = os.path.join(os.path.expanduser("~"), ".cache", "ray-rerank", "fingerprints.json")
-    try:
-        with open(memo_path) as f:
-            memo = json.load(f)
-    except (OSError, ValueError):
-        memo = {}
-    h = hashlib.sha256()
-    changed = False
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            st = os.stat(full)
-            stamp = f"{os.path.abspath(full)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-            digest = memo.get(stamp)
-            if digest is None:
-                digest = _file_digest(full)
-                # A file written in the last seconds may be written again within the same mtime tick
-                # (git's "racy" case): hash it every time until it has settled.
-                if time.time() - st.st_mtime > RACY_SECONDS:
-                    memo[stamp], changed = digest, True
-            h.update(os.path.relpath(full, path).encode() + b"\0" + digest.encode())
-    if changed:
-        os.makedirs(os.path.dirname(memo_path), exist_ok=True)
-        tmp = f"{memo_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(memo, f)
-        os.replace(tmp, memo_path)
-    return h.hexdigest()[:32]
-
-
-def _remote_digest(uri: str) -> str:
-    """sha256 over each object's key (relative to the prefix), size and ETag: no object is downloaded."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(uri)
-    root = root.rstrip("/")
-    h = hashlib.sha256()
-    for key, info in sorted(fs.find(root, detail=True).items()):
-        etag = info.get("ETag") or info.get("etag") or info.get("md5") or ""
-        h.update(f"{key[len(root) :]}|{info.get('size')}|{etag}\n".encode())
-    return "objects:" + h.hexdigest()[:32]
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolved_dtype(spec, pool) -> str:

@@ -147,3 +147,19 @@ def test_only_an_instance_of_its_own_gets_the_switch(monkeypatch, flag, env_addr
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == ("0" if local else None)
     assert ray_constants.ENABLE_RAY_CLUSTER is (not local)
     assert os.environ["HTTPS_PROXY"] == "http://proxy.example:3128"
+
+
+def test_a_local_instance_lists_parquet_with_one_footer_reader_unless_the_user_says_otherwise(ray_session):
+    """Ray Data's default is 32 footer-reader actors per Parquet read, each a new process (jobs.loopback)."""
+    import os
+
+    import ray
+
+    from jobs.loopback import keep_local_ray_on_loopback
+
+    in_worker = ray.get(ray.remote(num_cpus=0)(os.environ.get).remote("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"))
+    assert in_worker == "1"
+    environ = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "8"}
+    keep_local_ray_on_loopback(environ, block_outbound_http=False)
+    assert environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "8"
+    assert environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"

@@ -32,6 +32,7 @@ from pipelines.rerank.validate import validate_pairs
 from pipelines.storage import uris
 from pipelines.storage.tables import clustered_by_query
 from tests.media_files import make_image
+from tests.tiny_models import flip_weight_byte
 
 VOCABULARY = (
     "ray data streams blocks between operators while actors hold models that score pairs python lists tuples "
@@ -475,21 +476,6 @@ def test_small_tables_on_the_driver_equal_the_cluster_path(ray_session, data, ni
 
 
 # ----------------------------------------------------------------------- issue 9: cache and LATEST
-
-
-def flip_weight_byte(model_dir: Path, tensor: str = "model.norm.weight") -> None:
-    """Retrain one weight in place: the exponent byte of the first float of `tensor` (a norm weight of 1.0
-    becomes 0.25), same file size, same path."""
-    path = model_dir / "model.safetensors"
-    with open(path, "r+b") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-        assert header[tensor]["dtype"] == "F32"
-        at = 8 + size + header[tensor]["data_offsets"][0] + 3  # little-endian: byte 3 holds the exponent
-        f.seek(at)
-        byte = f.read(1)[0]
-        f.seek(at)
-        f.write(bytes([byte ^ 0x01]))
 
 
 def test_score_cache_is_not_used_after_one_weight_byte_changes_in_place(

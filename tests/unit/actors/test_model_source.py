@@ -118,3 +118,26 @@ def test_a_cache_root_of_another_user_is_refused_and_a_loose_one_of_ours_made_pr
 
 def _files(root) -> list[Path]:
     return [p for p in Path(root).rglob("*") if p.is_file()]
+
+
+def test_an_actor_that_loaded_other_bytes_than_the_driver_fingerprinted_is_stopped(tmp_path):
+    from actors.model_source import ModelChanged, check_loaded, model_changed_in, source_fingerprint
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"weights")
+    driver = source_fingerprint(str(tmp_path / "m"))
+    assert driver.startswith("sha256:") and source_fingerprint("org/name") is None  # a hub id is pinned
+    check_loaded(str(tmp_path / "m"), driver, driver)
+    check_loaded("org/name", None, "hub:abc")  # nothing to compare in the actor
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"weightz")
+    actor = source_fingerprint(str(tmp_path / "m"))
+    with pytest.raises(ModelChanged) as changed:
+        check_loaded(str(tmp_path / "m"), actor, driver)
+    assert f"the driver fingerprinted {driver}" in str(changed.value) and actor in str(changed.value)
+
+    # As the driver receives it from Ray Data: only the text of the actor's traceback.
+    wrapped = RuntimeError(f"Traceback ...\nactors.model_source.ModelChanged: {changed.value}\n\nmore")
+    assert model_changed_in(RuntimeError("outer").with_traceback(None)) is None
+    outer = RuntimeError("outer")
+    outer.__cause__ = wrapped
+    assert model_changed_in(outer) == str(changed.value)
