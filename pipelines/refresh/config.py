@@ -40,7 +40,9 @@ class RefreshConfig:
         "directory of shards or a glob; local or s3://. Required unless --beir",
     )
     queries: str | None = setting(
-        None, help="queries (query_id + query_text/_image/_audio/_video). Required unless --beir"
+        None,
+        help="queries (query_id + query_text/_image/_audio/_video, and an optional instruction: that query's "
+        "prompt for the reranker, as jobs.rerank --run reads it). Required unless --beir",
     )
     beir: str | None = setting(
         None,
@@ -166,11 +168,14 @@ class RefreshConfig:
         dtype = resolved_dtype(self.reranker, self.rerank_pool)
         return value_key(self.reranker, dtype=dtype, **self.media.score_settings())
 
-    def identity(self, input_files: list[str]) -> dict:
+    def identity(self, input_files: list[str], instructions: str | None = None) -> dict:
         """What a resumed night is held to, by name (a change is named in the refusal): every setting that
-        changes a row, the input files (sizes and modification times or ETags) and both models' weights."""
+        changes a row, the input files (sizes and modification times or ETags), the queries' instructions
+        (`instructions`: their digest, `Inputs.instructions`; None without the column) and both models'
+        weights."""
         fields = {k: v for k, v in asdict(self).items() if k not in NO_ROW_CHANGES}
         fields["inputs"] = input_stats(input_files)
+        fields["instructions"] = instructions
         for name, spec in (("embedder", self.embedder), ("reranker", self.reranker)):
             fields[f"{name}_weights"] = model_fingerprint(spec.model, spec.revision).get("fingerprint")
         return fields

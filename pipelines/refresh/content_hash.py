@@ -4,6 +4,9 @@ A row's content is the modalities it has (`{"text": ..., "image": ...}`, nulls l
 is on: `doc_text` in the corpus and `candidate_text` in a pair hash alike, so a pair's hashes can be
 computed from the pairs table alone. The hash covers media *references*, not the bytes behind them: a
 document whose image is replaced at the same URI is not detected as changed (give changed media a new URI).
+
+A pair's own `instruction` (its prompt) is part of its score-cache key, not of the query's content hash: the
+query embedding does not depend on it, the reranker's score does.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ def content_hashes(table: pa.Table, prefix: str) -> pa.Array:
     return pa.array([sha256_hex(canonical_content(row)) for row in rows], pa.string())
 
 
-def pair_key(query_hash: str, doc_hash: str, identity: str) -> str:
-    """The score-cache key of one pair under one reranker identity (`pipelines.runs.info.value_key`)."""
-    return sha256_hex(json.dumps([query_hash, doc_hash, identity], separators=(",", ":")))
+def pair_key(query_hash: str, doc_hash: str, identity: str, instruction: str | None = None) -> str:
+    """The score-cache key of one pair under one reranker identity (`pipelines.runs.info.value_key`) and,
+    when the pair has one, its own instruction (which replaces the identity's prompt for that pair; an
+    empty one is an instruction too). A pair without one keeps the key it always had."""
+    parts: list = [query_hash, doc_hash, identity]
+    if instruction is not None:
+        parts.append({"instruction": instruction})
+    return sha256_hex(json.dumps(parts, separators=(",", ":")))

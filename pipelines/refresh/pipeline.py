@@ -70,7 +70,8 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     files = [*inputs.corpus_files, *inputs.query_files, *([q] if (q := qrels_path(cfg)) else [])]
     lease = Lease(layout.run_dir, file=NIGHT_LEASE, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_heartbeat_s)
     with lease:  # one driver per night; its rerank stage holds its own lease inside the run directory
-        check_identity(layout.run_dir, layout.run_id, cfg.identity(files), record_file=NIGHT_RECORD)
+        identity = cfg.identity(files, instructions=inputs.instructions)
+        check_identity(layout.run_dir, layout.run_id, identity, record_file=NIGHT_RECORD)
         return night.run(embed_worker_cls, rerank_worker_cls)
 
 

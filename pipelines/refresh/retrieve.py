@@ -4,7 +4,7 @@ query embeddings (small) ─► one matrix on the driver (read there), `ray.put`
 corpus embeddings (stay distributed) ─► map_batches per block: scores = Q·Dᵀ, that block's top-k per query
   ─► co-partition by query_id: merge each query's k × blocks rows into its global top-k (ranked)
   ─► co-partition by candidate_id with the corpus content (`doc_*` as `candidate_*`)
-  ─► co-partition by query_id with the query content, each query's rows ordered by rank
+  ─► co-partition by query_id with the query content (and instruction), each query's rows ordered by rank
   ─► candidates/: pairs (PAIRS_SCHEMA), each query's candidates in one file, sorted by retrieval_rank
 
 Content is joined after the merge rather than carried through it: carrying `doc_*` in the embedding rows
@@ -12,6 +12,9 @@ would push every document's content through the merge shuffle k × blocks times 
 rows), while joining moves the corpus content once plus the Q·k winning rows. For any corpus where
 Q·k·B exceeds the corpus size (the nightly case) the join moves far less data, and the embedding table
 stays lean (ids, hashes, vectors).
+
+A query's optional `instruction` (its prompt for the reranker, as for `jobs.rerank --run`) travels with its
+content into every one of its candidate pairs; without the column the pairs' `instruction` is null.
 
 A corpus of at most `driver_rows` rows takes none of the above round trips: `retrieve_on_driver` runs the
 same block top-k, merge and joins in the driver process and writes one file, sorted by query and rank.
@@ -31,11 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from pipelines.inputs.first_stage import queries_schema
 from pipelines.refresh.join import co_partition, join_tables, partitions_for
 from pipelines.storage import uris
 from pipelines.storage.tables import iter_blocks, read_file, read_table, write_file
 from schemas import columns as c
-from schemas.tables import CORPUS_SCHEMA, PAIRS_SCHEMA, QUERIES_SCHEMA, normalize_to
+from schemas.tables import CORPUS_SCHEMA, PAIRS_SCHEMA, normalize_to
 
 Metric = Literal["cosine", "dot"]
 METRICS = ("cosine", "dot")
@@ -52,7 +56,8 @@ MERGED_SCHEMA = pa.schema([*HITS_SCHEMA, pa.field(c.RETRIEVAL_RANK, pa.int32())]
 CANDIDATE_CONTENT_SCHEMA = pa.schema(
     [pa.field(n, pa.string()) for n in (c.CANDIDATE_ID, *c.CANDIDATE_CONTENT)]
 )
-QUERY_CONTENT_SCHEMA = pa.schema([pa.field(n, pa.string()) for n in (c.QUERY_ID, *c.QUERY_CONTENT)])
+# The query columns joined into the pairs: id, content and the optional instruction (null when absent).
+QUERY_CONTENT_SCHEMA = pa.schema([pa.field(f.name, f.type) for f in queries_schema(with_instruction=True)])
 
 
 # ---------------------------------------------------------------------------- pure functions (no Ray)
@@ -172,7 +177,7 @@ def _as_candidate_content(table: pa.Table) -> pa.Table:
 
 
 def _query_content(table: pa.Table) -> pa.Table:
-    return normalize_to(table, pa.schema([pa.field(f.name, f.type) for f in QUERIES_SCHEMA]))
+    return normalize_to(table, QUERY_CONTENT_SCHEMA)
 
 
 def _join_inner(rows: pa.Table, content: pa.Table, key: list[str]) -> pa.Table:
@@ -283,6 +288,6 @@ def retrieve_on_driver(
     docs = pa.concat_tables([d.filter(pc.is_in(d.column(c.CANDIDATE_ID), wanted)) for d in docs])
     with_docs = _join_inner(merged, docs, [c.CANDIDATE_ID])
     query_content = pa.concat_tables(
-        [_query_content(read_file(f, QUERIES_SCHEMA.names)) for f in query_files]
+        [_query_content(read_file(f, QUERY_CONTENT_SCHEMA.names)) for f in query_files]
     )
     return _join_and_order(with_docs, query_content)

@@ -1,9 +1,10 @@
 """Reranker scores cached across nights: an unchanged pair is not scored again.
 
-A pair's key is sha256 of (query content hash, doc content hash, reranker identity), the identity being the
-weights' fingerprint and every setting that changes a score (`pipelines.runs.info.value_key`: prompt, max
-length, resolved dtype, score path, fp32 head, ...; `pipelines.refresh.content_hash.pair_key`); ids play no part, so a pair whose content is unchanged hits the cache
-even under new ids, and an edited document or query misses it. The cache is Parquet under
+A pair's key is sha256 of (query content hash, doc content hash, reranker identity, and the pair's own
+`instruction` when it has one), the identity being the weights' fingerprint and every setting that changes
+a score (`pipelines.runs.info.value_key`: prompt, max length, resolved dtype, score path, fp32 head, ...;
+`pipelines.refresh.content_hash.pair_key`); ids play no part, so a pair whose content is unchanged hits the
+cache even under new ids, and an edited document, query or instruction misses it. The cache is Parquet under
 `ROOT/score_cache/<reranker key>/run=<run id>/` (`cache_key`, `score`, `scored_run`): each run appends its
 own shard (rewritten whole on resume, so rows are never duplicated) and never reads its own.
 
@@ -145,9 +146,18 @@ class ScoreCache:
 
 
 def add_cache_keys(table: pa.Table, identity: str) -> pa.Table:
+    """`__cache_key` of every pair: its query and candidate content, the reranker identity and the pair's
+    own `instruction` when it has one (`pair_key`)."""
     queries = content_hashes(table, "query").to_pylist()
     docs = content_hashes(table, "candidate").to_pylist()
-    keys = [pair_key(q, d, identity) for q, d in zip(queries, docs, strict=True)]
+    if c.INSTRUCTION in table.column_names:
+        instructions = table.column(c.INSTRUCTION).to_pylist()
+    else:
+        instructions = [None] * table.num_rows
+    keys = [
+        pair_key(q, d, identity, instruction)
+        for q, d, instruction in zip(queries, docs, instructions, strict=True)
+    ]
     if c.ROW_CACHE_KEY in table.column_names:
         table = table.drop_columns([c.ROW_CACHE_KEY])
     return table.append_column(c.ROW_CACHE_KEY, pa.array(keys, pa.string()))
