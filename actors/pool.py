@@ -35,7 +35,9 @@ class PoolSpec:
         3, help="times Ray restarts a crashed actor (OOM, lost node) before the stage fails; -1: forever"
     )
     max_task_retries: int = setting(
-        3, help="times a block whose actor crashed is retried on a restarted actor; -1: forever"
+        3,
+        help="times a block whose actor crashed is retried on a restarted actor; -1: forever (scoring: "
+        "counts only crashes on nodes still alive, a lost node's are retried regardless)",
     )
 
     def validate(self) -> PoolSpec:
@@ -66,3 +68,18 @@ class PoolSpec:
             "max_restarts": self.max_restarts,
             "max_task_retries": self.max_task_retries,
         }
+
+    def counted_retry_options(self) -> dict[str, Any]:
+        """Ray-level retries for a stage whose actors count their own deaths (the scoring stage: markers,
+        `actors.reranker.quarantine`, where `max_task_retries` is the budget, counted only for deaths on a
+        node still alive). Ray's counters cannot tell a lost node from a block that kills its actor, and
+        they spend a retry on every `ActorUnavailableError` while the actor restarts elsewhere, so here
+        they are generous: blocks are retried until the markers' budget stops them, and the actor gets
+        `LOST_NODE_RESTARTS` restarts beyond `max_restarts` for the nodes the cluster loses."""
+        restarts = -1 if self.max_restarts == -1 else self.max_restarts + LOST_NODE_RESTARTS
+        return {"max_restarts": restarts, "max_task_retries": -1}
+
+
+# Restarts of a scoring actor allowed for lost nodes, beyond --max-restarts (each is a preempted or failed
+# machine: a run that loses more nodes than this is better stopped and resumed).
+LOST_NODE_RESTARTS = 16

@@ -106,7 +106,9 @@ def check(cfg: RefreshConfig) -> None:
 
 def run(cfg: RefreshConfig, _checked=None) -> str:
     from pipelines.refresh.pipeline import run_refresh
+    from pipelines.storage.shared import require_shared
 
+    require_shared(cfg.output)  # a local root on a cluster of several nodes: every node must see it
     manifest = run_refresh(cfg)
     if (manifest["rerank"].get("errors") or {}).get("exceeded"):
         raise TooManyErrors(manifest["not_published"], summary(manifest))

@@ -73,6 +73,8 @@ class RerankWorker:
     row they came from, whatever order batches finish in. The actor's time splits into collate, forward and
     write-back, kept on the block's first row for the manifest."""
 
+    source: str | None = None  # the fingerprint of the model's bytes as loaded (None: nothing to compare)
+
     def __init__(self, spec: RerankerSpec, torch_threads: int | None = None):
         import torch
 
@@ -142,7 +144,13 @@ class RerankWorker:
     # -- the Ray Data entry point ----------------------------------------------------------------
 
     def __call__(
-        self, table: pa.Table, attempts_dir: str | None = None, commit=None, drop=(), fingerprint=None
+        self,
+        table: pa.Table,
+        attempts_dir: str | None = None,
+        commit=None,
+        drop=(),
+        fingerprint=None,
+        death_budget: int = -1,
     ) -> pa.Table:
         """Score a block. `attempts_dir`: where blocks being scored leave a marker, so that a block whose
         scoring kills the actor is bisected on its retries (`actors.reranker.quarantine`); None: no markers.
@@ -151,7 +159,8 @@ class RerankWorker:
         as soon as it is scored. `drop`: more columns to leave out of the output where present (the content
         columns, still here when this actor preprocessed the block). `fingerprint`: the model's fingerprint
         as the driver computed it for the run; an actor that loaded other bytes fails the run
-        (`ModelChanged`) instead of scoring with them."""
+        (`ModelChanged`) instead of scoring with them. `death_budget`: how often a block may kill its actor
+        on a node still alive before the run stops (-1: no limit; deaths with a lost node are free)."""
         check_loaded(self.spec.model, self.source, fingerprint)
         self.clock = _Clock()
         n = table.num_rows
@@ -177,7 +186,7 @@ class RerankWorker:
                 unsorted_padded[chunk] = tokens[chunk].max()
             self.clock.collate_s += time.perf_counter() - t0
             out = (scores, padded, errors)
-            guard = self._quarantine(table, rows, attempts_dir)
+            guard = self._quarantine(table, rows, attempts_dir, death_budget)
             if not guard.suspect:
                 guard.start()
                 self._score_rows(table, rows, features, tokens, *out)
@@ -215,7 +224,9 @@ class RerankWorker:
             out.set_column(out.schema.get_field_index(c.ROW_WRITE_S), c.ROW_WRITE_S, _first(t_write, n))
         )
 
-    def _quarantine(self, table: pa.Table, rows: np.ndarray, attempts_dir: str | None) -> Quarantine:
+    def _quarantine(
+        self, table: pa.Table, rows: np.ndarray, attempts_dir: str | None, budget: int = -1
+    ) -> Quarantine:
         if attempts_dir is None or c.ROW_KEY not in table.column_names:
             return Quarantine(None, rows, [])
         keys = table.column(c.ROW_KEY).to_numpy()[rows]
@@ -223,7 +234,8 @@ class RerankWorker:
         qids, cids = (
             table.column(name).take(pa.array(first)).to_pylist() for name in (c.QUERY_ID, c.CANDIDATE_ID)
         )
-        return Quarantine(attempts_dir, keys, [f"{q}/{d}" for q, d in zip(qids, cids, strict=True)])
+        ids = [f"{q}/{d}" for q, d in zip(qids, cids, strict=True)]
+        return Quarantine(attempts_dir, keys, ids, budget=budget)
 
     def _score_rows(self, table, rows, features, tokens, scores, padded, errors) -> None:
         """Score `rows` of the block (their `features`), writing scores, padded lengths and failures."""

@@ -77,14 +77,20 @@ def score_stage(
     scores itself and the stage outputs what `commit` returns (a row count per block); `drop`: columns
     the actor removes from its output; `fingerprint`: the model's, as the run's identity records it (an
     actor that loaded other bytes fails the run)."""
-    kwargs = {"attempts_dir": attempts_dir(cfg.output), "commit": commit, "drop": drop}
+    kwargs = {
+        "attempts_dir": attempts_dir(cfg.output),
+        "commit": commit,
+        "drop": drop,
+        "death_budget": cfg.pool.max_task_retries,
+    }
     return ds.map_batches(
         worker_cls,
         fn_constructor_kwargs={"spec": cfg.reranker, "torch_threads": cfg.pool.torch_threads},
         fn_kwargs=kwargs if fingerprint is None else {**kwargs, "fingerprint": fingerprint},
         batch_format="pyarrow",
         udf_modifying_row_count=commit is not None,
-        **cfg.pool.actor_options(),
+        # With markers, deaths are counted there (a live node's only), so Ray's own retries are generous.
+        **{**cfg.pool.actor_options(), **(cfg.pool.counted_retry_options() if cfg.output else {})},
     )
 
 

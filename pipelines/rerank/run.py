@@ -23,8 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from actors.model_source import model_changed_in
 from actors.reranker.quarantine import clear as clear_markers
-from actors.reranker.quarantine import describe_stuck
+from actors.reranker.quarantine import count_faults, describe_stuck
 from actors.reranker.truncation import truncation_warning
 from actors.reranker.worker import RerankWorker
 from pipelines.rerank.config import OutputLayout, RerankConfig
@@ -46,6 +47,7 @@ from pipelines.runs.checkpoint import Checkpoint, Resumed, commit_piece
 from pipelines.runs.info import library_versions, model_fingerprint, pinned, resolved_dtype
 from pipelines.runs.lease import Lease, changed_fields, check_identity, input_stats
 from pipelines.storage import uris
+from pipelines.storage.shared import require_shared
 from pipelines.storage.tables import read_files, write_file
 from schemas import columns as c
 from schemas.tables import ERRORS_SCHEMA, InputError, JobFailed
@@ -98,6 +100,7 @@ def run_rerank(
     written last, for its own manifest, and `keep_scored` to read every scored pair from the checkpoint
     (internal columns included) before removing it itself."""
     cfg.validate()
+    require_shared(cfg.output)  # a local output on a cluster of several nodes: every node must see it
     layout = OutputLayout(cfg.output, manifest_name)
     plan = plan_inputs(cfg)
     files = plan.files
@@ -178,7 +181,9 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
         with progress.stage("score", f"{total - len(committed)} of {total} pairs to score"):
             fence = (cfg.output, lease.token, lease.generation)  # pieces commit only under this lease
             commit = functools.partial(commit_piece, directory=ckpt.directory, stats=block_stats, fence=fence)
-            ds = score_pairs(read_keyed_pairs(files, committed), cfg, plan, worker_cls, extra_stages, commit)
+            fingerprint = fields["model"][2]  # each actor checks the model it loaded against it
+            pairs = read_keyed_pairs(files, committed)
+            ds = score_pairs(pairs, cfg, plan, worker_cls, extra_stages, commit, fingerprint)
             t0 = time.perf_counter()
             # Progress is what the actors report committed (one count per block), never a listing of the
             # output, which on an object store costs requests and lags behind the commits.
@@ -188,12 +193,15 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
                     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                         done.add(pc.sum(block.column("committed")).as_py() or 0)
                 except Exception as exc:
+                    if (changed := model_changed_in(exc)) is not None:
+                        raise InputError(changed) from exc
                     stuck = describe_stuck(attempts_dir(cfg.output))
                     if stuck is None:
                         raise
                     raise JobFailed(stuck) from exc
             timings["score_s"] = time.perf_counter() - t0
     pieces = ckpt.pieces()  # listed fresh, once, after every actor's commit returned
+    faults = count_faults(attempts_dir(cfg.output))  # what actor and node losses cost this attempt
     missing, resumed_from.pairs_duplicated = ckpt.coverage(
         pieces, [uris.count_rows([f]) for f in files], block_stats
     )
@@ -213,6 +221,7 @@ def _run(cfg, layout, run_id, fields, plan: PairsPlan, resumed, worker_cls, extr
     return {
         **_manifest(cfg, run_id, fields, plan.files, stats, queries, ranked_rows, timings, resumed_from),
         "ranking": ranking,
+        "faults": faults,
         "outputs": {"ranked": layout.ranked, "errors": layout.errors, "trec_run": trec_run},
     }
 

@@ -1,5 +1,6 @@
 """Bisection convicts only on evidence: a pair becomes a KILLED error only after it alone killed an actor
-twice; a single unrelated death costs a retry. Driven through the markers exactly as a dying actor leaves
+twice; a single unrelated death costs a retry; a death whose node left the cluster costs neither budget nor
+evidence. Driven through the markers exactly as a dying actor leaves
 them (an attempt that dies never reaches `finish`)."""
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from actors.reranker.quarantine import Quarantine, clear, describe_stuck
+from actors.reranker.quarantine import BlockKeepsKilling, Quarantine, clear, count_faults, describe_stuck
 
 
 def arrive(directory, n: int) -> Quarantine:
@@ -66,3 +68,28 @@ def test_only_blocks_that_died_are_named_and_a_resume_clears_the_markers(tmp_pat
     assert marker["deaths"] == 1 and marker["trying"] == [0, 4]
     clear(str(tmp_path))
     assert not tmp_path.exists()
+
+
+def test_a_death_with_its_node_lost_costs_no_budget_and_no_evidence(tmp_path):
+    gone = {"node-a"}
+    first = Quarantine(str(tmp_path), np.arange(8), [f"q/d{i}" for i in range(8)], node="node-a")
+    first.start()  # ... and node-a is removed from the cluster with the actor on it
+    retry = Quarantine(
+        str(tmp_path), np.arange(8), [], budget=0, alive=lambda n: n not in gone, node="node-b"
+    )
+    assert retry.suspect and retry.node_lost
+    assert list(retry.parts()) == [(0, 8)]  # the whole block again, not halved; within a budget of 0
+    assert retry.deaths == 0 and retry.killers == [] and describe_stuck(str(tmp_path)) is None
+    assert count_faults(str(tmp_path)) == {"actor_restarts": 1, "actor_restarts_node_lost": 1}
+
+
+def test_deaths_on_live_nodes_count_against_the_budget_and_name_the_block(tmp_path):
+    guard = arrive(tmp_path, 8)
+    guard.start()  # died on a live node
+    retry = Quarantine(str(tmp_path), np.arange(8), [f"q/d{i}" for i in range(8)], budget=1)
+    assert next(retry.parts()) == (0, 4)  # the first death is within the budget: bisected
+    again = Quarantine(str(tmp_path), np.arange(8), [f"q/d{i}" for i in range(8)], budget=1)
+    with pytest.raises(BlockKeepsKilling, match="killed its scoring actor 2 times"):
+        next(again.parts())
+    assert describe_stuck(str(tmp_path)).startswith("1 block(s) kept killing their scoring actor")
+    assert count_faults(str(tmp_path)) == {"actor_restarts": 2, "actor_restarts_node_lost": 0}
