@@ -17,11 +17,14 @@ environment). A job that starts its own instance (`jobs.ray_session`) sets the s
 workers fetch models and data (the Hub, S3) through the user's own proxy settings, so the proxy variables,
 there to keep the tests' Ray dashboard from probing cloud metadata endpoints, are left alone.
 
-A local instance is also sized for one machine (`ONE_MACHINE_ENV`, a default the user's environment
-overrides): Ray Data 2.60 lists every Parquet read through a pool of 32 footer-reader actors, each a new
-worker process that needs a free CPU to be placed. Built for listing object storage from a cluster, on one
+A local instance is also sized for one machine (`ONE_MACHINE_ENV`, defaults the user's environment
+overrides). Ray Data 2.60 lists every Parquet read through a pool of 32 footer-reader actors, each a new
+worker process that needs a free CPU to be placed: built for listing object storage from a cluster, on one
 machine it starts dozens of processes per read and stalls a read while the model actors hold the CPUs; one
-actor reads a local folder's footers as fast.
+actor reads a local folder's footers as fast. And Ray keeps at most as many idle workers as the machine has
+CPUs, counting the actors Ray Data itself keeps alive, so on a small machine every task worker is killed a
+second after its task and the next task starts a process that imports torch and loads the tokenizer again
+(a 2-CPU test run started 114 processes in 5 minutes); at least 8 are kept warm.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ NO_OUTBOUND_HTTP_ENV = {
     **{name: LOOPBACK_HOSTS for name in ("no_proxy", "NO_PROXY")},
 }
 LOOPBACK_ONLY_ENV = {**RAY_LOCAL_ONLY_ENV, **NO_OUTBOUND_HTTP_ENV}
-ONE_MACHINE_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
+ONE_MACHINE_ENV = {
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+    "RAY_num_workers_soft_limit": str(max(8, os.cpu_count() or 1)),  # Ray's default: the CPU count
+}
 
 
 def keep_local_ray_on_loopback(

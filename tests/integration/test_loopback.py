@@ -149,16 +149,21 @@ def test_only_an_instance_of_its_own_gets_the_switch(monkeypatch, flag, env_addr
     assert os.environ["HTTPS_PROXY"] == "http://proxy.example:3128"
 
 
-def test_a_local_instance_lists_parquet_with_one_footer_reader_unless_the_user_says_otherwise(ray_session):
-    """Ray Data's default is 32 footer-reader actors per Parquet read, each a new process (jobs.loopback)."""
+def test_a_local_instance_is_sized_for_one_machine_unless_the_user_says_otherwise(ray_session):
+    """One footer-reader actor per Parquet read (Ray Data's default is 32, each a new process) and at least 8
+    idle workers kept warm (Ray's default: the CPU count), as `jobs.loopback` sets them."""
     import os
 
     import ray
 
     from jobs.loopback import keep_local_ray_on_loopback
 
-    in_worker = ray.get(ray.remote(num_cpus=0)(os.environ.get).remote("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"))
-    assert in_worker == "1"
+    def settings() -> tuple[str | None, str | None]:
+        env = dict(os.environ)  # Ray's own spelling of its config variables is lower case
+        return env.get("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"), env.get("RAY_num_workers_soft_limit")
+
+    footer_readers, warm_workers = ray.get(ray.remote(num_cpus=0)(settings).remote())
+    assert footer_readers == "1" and int(warm_workers) >= 8
     environ = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "8"}
     keep_local_ray_on_loopback(environ, block_outbound_http=False)
     assert environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "8"
