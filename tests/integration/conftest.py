@@ -7,6 +7,7 @@ S3-compatible server that accepts any credentials. Real credentials already in t
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,15 @@ for _key, _value in {
     "AWS_DEFAULT_REGION": "us-east-1",
 }.items():
     os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(autouse=True)
+def _release_actors_of_failed_runs():
+    """After each test, collect the reference cycles a failed run leaves (an exception's traceback holds the
+    frames that hold Ray Data's executor and its actor handles): until then Ray keeps those actors, and
+    their CPUs, alive, and the next test's tasks wait for a CPU on the shared 2-CPU instance."""
+    yield
+    gc.collect()
 
 
 @dataclass(frozen=True)
