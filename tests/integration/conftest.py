@@ -27,9 +27,9 @@ def _release_actors_of_failed_runs():
     """After each test, end the Ray Data actors a failed run left alive. A run whose UDF raised keeps its
     actors (and their CPUs) while anything references the failed execution, the exception's traceback
     included; on the shared 2-CPU instance the next test's tasks then wait for a CPU, for minutes. Between
-    tests no Dataset is executing, so every `MapWorker(...)` actor still alive is such a leftover."""
+    tests no Dataset is executing, so every `MapWorker(...)` actor still alive is such a leftover. (The
+    cyclic GC, half a second with torch loaded, runs only when there is one.)"""
     yield
-    gc.collect()
     import ray
 
     if not ray.is_initialized():
@@ -37,9 +37,14 @@ def _release_actors_of_failed_runs():
     from ray._private.worker import global_worker
     from ray.util.state import list_actors
 
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
-        if actor.class_name.startswith("MapWorker("):
-            global_worker.core_worker.kill_actor(ray.ActorID.from_hex(actor.actor_id), True)
+    def leftovers() -> list[str]:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+        return [a.actor_id for a in alive if a.class_name.startswith("MapWorker(")]
+
+    if leftovers():
+        gc.collect()  # the failed execution's reference cycles end most of them
+        for actor_id in leftovers():
+            global_worker.core_worker.kill_actor(ray.ActorID.from_hex(actor_id), True)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,28 @@ def inputs(tmp_path):
     return {"run": str(tmp_path / "bm25.trec"), "corpus": corpus, "queries": queries}
 
 
+@pytest.fixture(scope="module")
+def direct(ray_session, tmp_path_factory, qwen3_causal):
+    """The pairs a run at depth 3 or 5 joins to, given directly to the job: the reference each join is held
+    to (one run per depth for the module)."""
+    root = tmp_path_factory.mktemp("direct")
+    spec = RerankerSpec(model=str(qwen3_causal), max_length=64)
+
+    def at_depth(depth: int):
+        if not (root / f"depth{depth}").exists():
+            pq.write_table(pa.Table.from_pylist(expected_pairs(depth)), root / f"depth{depth}.parquet")
+            run_rerank(
+                RerankConfig(
+                    pairs=str(root / f"depth{depth}.parquet"),
+                    output=str(root / f"depth{depth}"),
+                    reranker=spec,
+                )
+            )
+        return root / f"depth{depth}"
+
+    return at_depth
+
+
 def assert_same_as_direct_pairs(out, direct_out, model_dir):
     ranked = read_table(str(out / "ranked")).to_pylist()
     direct = read_table(str(direct_out / "ranked")).to_pylist()
@@ -91,19 +113,14 @@ def assert_same_as_direct_pairs(out, direct_out, model_dir):
 
 @pytest.mark.parametrize("join", ["driver", "ray-data"])
 def test_a_trec_run_ranks_like_the_same_pairs_given_directly(
-    ray_session, tmp_path, qwen3_causal, inputs, join, monkeypatch
+    ray_session, tmp_path, qwen3_causal, inputs, join, monkeypatch, direct
 ):
     if join == "ray-data":
         monkeypatch.setattr(first_stage, "DRIVER_BYTES", 0)
     spec = RerankerSpec(model=str(qwen3_causal), max_length=64)
     cfg = RerankConfig(**inputs, depth=3, output=str(tmp_path / "out"), reranker=spec, max_error_rate=0.5)
     manifest = run_rerank(cfg)
-    pq.write_table(pa.Table.from_pylist(expected_pairs(depth=3)), tmp_path / "direct.parquet")
-    direct = RerankConfig(
-        pairs=str(tmp_path / "direct.parquet"), output=str(tmp_path / "direct"), reranker=spec
-    )
-    run_rerank(direct)
-    assert_same_as_direct_pairs(tmp_path / "out", tmp_path / "direct", qwen3_causal)
+    assert_same_as_direct_pairs(tmp_path / "out", direct(3), qwen3_causal)
     errors = sorted(read_table(str(tmp_path / "out" / "errors")).to_pylist(), key=lambda r: r["query_id"])
     assert [(e["query_id"], e["candidate_id"], e["stage"], e["error"]) for e in errors] == [
         ("q1", "d9", "join", "document 'd9' is not in the corpus"),
@@ -114,7 +131,7 @@ def test_a_trec_run_ranks_like_the_same_pairs_given_directly(
     assert sorted(manifest["input_files"]) == sorted(inputs.values())
 
 
-def test_a_beir_directory_and_a_run_resumed_under_its_run_id(ray_session, tmp_path, qwen3_causal):
+def test_a_beir_directory_and_a_run_resumed_under_its_run_id(ray_session, tmp_path, qwen3_causal, direct):
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
     write_jsonl(beir / "corpus.jsonl", [{"_id": k, "title": "", "text": v} for k, v in DOCS.items()])
@@ -132,11 +149,7 @@ def test_a_beir_directory_and_a_run_resumed_under_its_run_id(ray_session, tmp_pa
         max_error_rate=0.5,
     )
     manifest = run_rerank(cfg)
-    pq.write_table(pa.Table.from_pylist(expected_pairs(depth=5)), tmp_path / "direct.parquet")
-    run_rerank(
-        RerankConfig(pairs=str(tmp_path / "direct.parquet"), output=str(tmp_path / "direct"), reranker=spec)
-    )
-    assert_same_as_direct_pairs(tmp_path / "out", tmp_path / "direct", qwen3_causal)
+    assert_same_as_direct_pairs(tmp_path / "out", direct(5), qwen3_causal)
     assert manifest["counts"]["scored"] == 5 and manifest["counts"]["failed"] == 2
     again = run_rerank(cfg)  # the same command again: the complete run, not a second one
     assert again["run_id"] == "bm25-beir" and again["counts"] == manifest["counts"]

