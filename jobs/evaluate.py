@@ -8,7 +8,8 @@ Example::
 
 A run is a rerank/refresh output folder or a TREC run file (``bm25=bm25.trec``), compared in one report.
 
-Writes metrics.json, report.md, metrics.png and one TREC run file per run under --output.
+Writes metrics.json, report.md, metrics.png and one TREC run file per run under --output; with
+--tune-fusion also fusion.json, the weight of ``--fuse linear`` tuned on these (validation) judgements.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from schemas.settings import setting
 
 RUN_HELP = (
     "a run as NAME=DIR or NAME=FILE, repeatable; the first is the baseline. DIR is a run root holding "
-    "ranked/ (ordered by score) or candidates/ (ordered by retrieval_score), or a folder of Parquet files; "
+    "ranked/ (ordered by score, or fused_score when it has one) or candidates/ (ordered by retrieval_score), "
+    "or a folder of Parquet files; "
     "append :ranked or :candidates to choose, e.g. retrieval=out/run1:candidates. FILE is a TREC run file "
     "('qid Q0 docid rank score tag' lines; .trec, .txt or .run), e.g. bm25=bm25.trec"
 )
 
-GROUPS = {"input/output": ("qrels", "runs", "output"), "metrics": ("ks",)}
+GROUPS = {"input/output": ("qrels", "runs", "output"), "metrics": ("ks",), "fused scores": ("tune_fusion",)}
 EXAMPLES = (
     "python -m jobs.evaluate --qrels qrels.parquet \\\n"
     "      --run retrieval=out/run1:candidates --run reranked=out/run1 --output out/eval",
@@ -83,6 +85,13 @@ class EvaluateConfig:
         metavar="K,K,...",
         help="comma-separated cutoffs for nDCG@k, MRR@k, Recall@k and P@k",
     )
+    tune_fusion: bool = setting(
+        False,
+        help="tune the weight w of --fuse linear on the last --run (ranked output with score and "
+        "retrieval_score): w = 0.00, 0.05, ..., 1.00, the best mean nDCG@10 over the judged queries (a tie: "
+        "the larger w), written to --output/fusion.json for the model directory. The qrels must be "
+        "validation queries, not the test queries you report on",
+    )
 
     def validate(self) -> EvaluateConfig:
         return self
@@ -117,7 +126,7 @@ def parse_config(argv: list[str] | None = None) -> EvaluateConfig:
 
 
 def _check(cfg: EvaluateConfig):
-    plan = prepare_evaluation(cfg.qrels, cfg.named_runs(), cfg.ks)
+    plan = prepare_evaluation(cfg.qrels, cfg.named_runs(), cfg.ks, tune_fusion=cfg.tune_fusion)
     check_output(cfg.output)
     return plan
 
@@ -133,6 +142,7 @@ def run(cfg: EvaluateConfig, plan) -> str:
             f"report:  {out}/{REPORT_FILE}",
             f"plot:    {out}/{PLOT_FILE}",
             f"TREC run files: {', '.join(trec)}",
+            *([f"fusion:  {out}/{metrics['fusion']['file']}"] if metrics.get("fusion") else []),
         ]
     )
 

@@ -26,6 +26,7 @@ GROUPS = {
         "trec_run",
     ),
     "retrieval": ("retrieve_k", "metric", "retrieve_block_rows", "top_k"),
+    "fused scores": ("fuse", "fuse_weight"),
     "run control": (
         "run_id",
         "mode",
@@ -100,6 +101,7 @@ def check(cfg: RefreshConfig) -> None:
     from pipelines.refresh.publish import RunLayout
 
     check_inputs(cfg)
+    cfg.with_fusion_weight()  # --fuse linear without a weight fails here, before Ray starts
     if cfg.run_id is not None:  # otherwise a new run id is made when the run begins
         refuse_existing_run(cfg, RunLayout(cfg.output, cfg.run_id))
 

@@ -15,6 +15,7 @@ from schemas.tables import TooManyErrors
 GROUPS = {
     "input/output": ("pairs", "output", "format", "columns", "keep_columns", "top_k", "trec_run"),
     "first-stage run input": ("run", "corpus", "queries", "beir", "split", "depth"),
+    "fused scores": ("fuse", "fuse_weight"),
     "run control": (
         "run_id",
         "mode",
@@ -78,7 +79,8 @@ def check(cfg: RerankConfig) -> None:
     from pipelines.rerank.inputs import plan_inputs
     from pipelines.rerank.run import held_run
 
-    plan_inputs(cfg)
+    plan_inputs(cfg)  # with --fuse, the pairs' retrieval column too
+    cfg.with_fusion_weight()  # --fuse linear without a weight fails here, before Ray starts
     held_run(cfg)  # refuses an output this request may not have
 
 

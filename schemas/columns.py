@@ -7,6 +7,7 @@ QUERY_ID = "query_id"
 CANDIDATE_ID = "candidate_id"
 SCORE = "score"
 RANK = "rank"
+FUSED_SCORE = "fused_score"  # with --fuse: the score `rank` orders by (pipelines.rerank.fuse)
 RETRIEVAL_SCORE = "retrieval_score"
 RETRIEVAL_RANK = "retrieval_rank"
 INSTRUCTION = "instruction"  # optional, per pair: the prompt for that pair (null: the run's prompt)

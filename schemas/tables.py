@@ -27,6 +27,9 @@ RANKED_SCHEMA = pa.schema(
     ]
 )
 
+# Beside `score` when the run fuses reranker and retrieval scores (`--fuse`); `rank` then orders by it.
+FUSED_SCORE_FIELD = pa.field(c.FUSED_SCORE, pa.float32(), nullable=False)
+
 ERRORS_SCHEMA = pa.schema(
     [
         pa.field(c.QUERY_ID, pa.string()),

@@ -10,8 +10,8 @@ Runs of few rows in all (`driver_rows`) skip the cluster round trip: the same pe
 
 A run is addressed as ``DIR`` or ``DIR:ranked`` / ``DIR:candidates``:
 
-- ``ranked``: reranker output, ordered by ``score``; ``DIR`` is the run root (holding ``ranked/``) or the
-  folder of Parquet files itself.
+- ``ranked``: reranker output, ordered by ``score`` (``fused_score`` when the run fused scores, as its
+  ``rank`` does); ``DIR`` is the run root (holding ``ranked/``) or the folder of Parquet files itself.
 - ``candidates``: a refresh run's retrieval candidates, ordered by ``retrieval_score``; ``DIR`` is the run
   root (holding ``candidates/``) or the folder itself.
 - With no suffix, ``DIR/ranked`` wins over ``DIR/candidates``; a bare folder is ``ranked`` when its files
@@ -60,6 +60,8 @@ from pipelines.evaluate.runs import (
     resolve_run,
     trec_lines_batch,
 )
+from pipelines.evaluate.tune import check_tunable, fusion_document, read_rows, tune_weight
+from pipelines.rerank.fuse import FUSION_FILE
 from schemas.columns import CANDIDATE_ID, QUERY_ID
 from schemas.qrels import Qrels, qrels_stats, read_qrels, resolve_filesystem
 
@@ -77,6 +79,7 @@ class EvaluationPlan:
     qrels: Qrels
     runs: tuple[RunSource, ...]
     ks: tuple[int, ...]
+    tune: RunSource | None = None  # --tune-fusion: the run the linear fusion weight is tuned on
 
 
 @dataclass
@@ -92,16 +95,18 @@ class RunResult:
 
 
 def prepare_evaluation(
-    qrels_path: str, runs: dict[str, str], ks: list[int] | tuple[int, ...]
+    qrels_path: str, runs: dict[str, str], ks: list[int] | tuple[int, ...], tune_fusion: bool = False
 ) -> EvaluationPlan:
-    """Read the qrels and resolve every run; raises a ValueError with a one-line message on bad input."""
+    """Read the qrels and resolve every run; raises a ValueError with a one-line message on bad input.
+    `tune_fusion`: also tune the linear fusion weight on the last run (`pipelines.evaluate.tune`)."""
     if not runs:
         raise RunInputError("no run to evaluate; pass at least one NAME=DIR")
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) != len(ks):
         raise RunInputError(f"cutoffs {list(ks)}: expected distinct positive integers, e.g. 1,3,5,10,100")
     qrels = read_qrels(qrels_path)
     sources = tuple(resolve_run(name, location) for name, location in runs.items())
-    return EvaluationPlan(qrels_path=qrels_path, qrels=qrels, runs=sources, ks=tuple(sorted(ks)))
+    tune = check_tunable(sources[-1]) if tune_fusion else None
+    return EvaluationPlan(qrels_path=qrels_path, qrels=qrels, runs=sources, ks=tuple(sorted(ks)), tune=tune)
 
 
 def evaluate_runs(
@@ -138,6 +143,12 @@ def run_evaluation(plan: EvaluationPlan, output: str, driver_rows: int = 0) -> d
         fs.delete_file(stale)  # an old metrics.json must not vouch for outputs this run may not finish
     results = _evaluate(plan, fs, out_root, driver_rows)
     metrics = _metrics_document(plan, results)
+    if plan.tune is not None:  # fusion.json goes into this evaluation's own folder, never into an input
+        fusion = fusion_document(
+            tune_weight(read_rows(plan.tune), plan.qrels, plan.tune.name), plan.tune, plan.qrels_path
+        )
+        _write_bytes(fs, f"{out_root}/{FUSION_FILE}", json.dumps(fusion, indent=1).encode())
+        metrics["fusion"] = {"file": FUSION_FILE, "run": plan.tune.name, **fusion}
     _write_bytes(fs, f"{out_root}/{report.REPORT_FILE}", report.render_markdown(metrics).encode())
     _write_bytes(fs, f"{out_root}/{report.PLOT_FILE}", report.render_plot(metrics))
     _write_bytes(fs, f"{out_root}/{METRICS_FILE}", json.dumps(metrics, indent=1).encode())
@@ -300,6 +311,7 @@ def _metrics_document(plan: EvaluationPlan, results: list[RunResult]) -> dict[st
         "runs": runs,
         "comparisons": [_compare(baseline, r, names) for r in results[1:]],
         "outputs": {"report": report.REPORT_FILE, "plot": report.PLOT_FILE, "metrics": METRICS_FILE},
+        "fusion": None,
     }
 
 

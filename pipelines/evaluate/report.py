@@ -91,7 +91,7 @@ def _verdict_lines(metrics: dict[str, Any], bold: bool) -> list[str]:
 
 def render_summary(metrics: dict[str, Any]) -> str:
     """A few plain lines for logs and the demo: verdicts, then each run's headline means."""
-    lines = _verdict_lines(metrics, bold=False)
+    lines = _verdict_lines(metrics, bold=False) + fusion_lines(metrics, bold=False)
     heads = headline_metrics(metrics)
     width = max(len(n) for n in metrics["runs"])
     for name, run in metrics["runs"].items():
@@ -108,6 +108,7 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     heads = headline_metrics(metrics)
     out = ["# Evaluation report", ""]
     out += [f"**Verdict:** {line}" for line in _verdict_lines(metrics, bold=True)]
+    out += ["", *fusion_lines(metrics, bold=True)] if metrics.get("fusion") else []
     out += [
         "",
         f"Baseline: **{base}** (the first run). Qrels: `{q['path']}`, {q['queries']} judged queries, "
@@ -136,6 +137,21 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     out += ["## Runs", "", *_runs_table(metrics), ""]
     out += _semantics(metrics)
     return "\n".join(out) + "\n"
+
+
+def fusion_lines(metrics: dict[str, Any], bold: bool) -> list[str]:
+    """With --tune-fusion: the weight found, its nDCG@10 and the ends of the grid for scale."""
+    fusion = metrics.get("fusion")
+    if not fusion:
+        return []
+    tuned, b = fusion["tuned_on"], "**" if bold else ""
+    grid, metric = tuned["grid"], tuned["metric"]
+    return [
+        f"{b}Fusion weight:{b} w = {fusion['weight']:.2f} for `--fuse linear`, {display_name(metric)} "
+        f"{tuned[metric]:.4f} over {tuned['queries']} queries of {fusion['run']} (reranker alone, w = 1: "
+        f"{grid['1.00']:.4f}; retrieval alone, w = 0: {grid['0.00']:.4f}); written to `{fusion['file']}`. "
+        "Tuned on these judgements: they must be validation queries, not the ones a result is reported on."
+    ]
 
 
 def _stat_cells(s: dict[str, Any]) -> list[str]:

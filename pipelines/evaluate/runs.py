@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas.columns import CANDIDATE_ID, QUERY_ID, RETRIEVAL_SCORE, SCORE
+from schemas.columns import CANDIDATE_ID, FUSED_SCORE, QUERY_ID, RETRIEVAL_SCORE, SCORE
 from schemas.qrels import resolve_filesystem
 from schemas.tables import InputError
 
@@ -48,10 +48,11 @@ class RunSource:
     filesystem: pafs.FileSystem
     files: tuple[str, ...]
     num_bytes: int
+    fused: bool = False  # ranked output with `fused_score` (`--fuse`): its rank follows that column
 
     @property
     def score_column(self) -> str:
-        return SCORE_COLUMNS[self.kind]
+        return FUSED_SCORE if self.fused else SCORE_COLUMNS[self.kind]
 
 
 def parse_run_spec(spec: str) -> tuple[str, str]:
@@ -94,7 +95,8 @@ def resolve_run(name: str, location: str) -> RunSource:
     except (pa.ArrowInvalid, OSError) as exc:
         raise RunInputError(f"run {name!r}: {files[0]} is not readable Parquet ({exc})") from None
     kind = kind or _infer_kind(name, files[0], schema)
-    _check_run_schema(name, files[0], schema, SCORE_COLUMNS[kind])
+    fused = kind == "ranked" and FUSED_SCORE in schema.names
+    _check_run_schema(name, files[0], schema, FUSED_SCORE if fused else SCORE_COLUMNS[kind])
     return RunSource(
         name=name,
         location=location,
@@ -102,6 +104,7 @@ def resolve_run(name: str, location: str) -> RunSource:
         filesystem=fs,
         files=tuple(files),
         num_bytes=sum(i.size or 0 for i in infos),
+        fused=fused,
     )
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from actors.embedder import EmbedderSpec
 from actors.media.loader import MediaSpec
@@ -18,6 +18,8 @@ from pipelines.refresh.inputs import check_settings
 from pipelines.refresh.publish import RunLayout, read_latest
 from pipelines.refresh.retrieve import METRICS, Metric
 from pipelines.rerank.config import Mode, RerankConfig, check_run_id
+from pipelines.rerank.fuse import FUSE_HELP, FUSE_WEIGHT_HELP, FuseMethod, resolve_weight
+from pipelines.rerank.fuse import check_settings as check_fusion
 from pipelines.rerank.trec import check_tag
 from pipelines.runs.info import model_fingerprint, resolved_dtype, value_key
 from pipelines.runs.lease import input_stats
@@ -111,8 +113,12 @@ class RefreshConfig:
         help="the rerank stage's --rank-on-driver-rows",
     )
     trec_run: bool = setting(
-        False, help="also write runs/<run_id>/run.trec: the ranked rows as a TREC run file (tag: the run id)"
+        False,
+        help="also write runs/<run_id>/run.trec: the ranked rows as a TREC run file (tag: the run id; the "
+        "score written is fused_score with --fuse)",
     )
+    fuse: FuseMethod | None = setting(None, help=FUSE_HELP)
+    fuse_weight: float | None = setting(None, metavar="W", help=FUSE_WEIGHT_HELP)
     lease_ttl_s: float = setting(
         RerankConfig.__dataclass_fields__["lease_ttl_s"].default,
         flag="lease-ttl",
@@ -131,6 +137,7 @@ class RefreshConfig:
         check_run_id(self.run_id)
         check_tag(self.run_id, self.trec_run)
         check_settings(self)
+        check_fusion(self.fuse, self.fuse_weight)
         if self.qrels is not None and not uris.exists(self.qrels):
             raise SettingError("qrels", f"{self.qrels}: no such file")
         validate_nested(self)
@@ -154,12 +161,20 @@ class RefreshConfig:
             rank_on_driver_rows=self.rank_on_driver_rows,
             lease_ttl_s=self.lease_ttl_s,
             lease_heartbeat_s=self.lease_heartbeat_s,
+            fuse=self.fuse,
+            fuse_weight=self.fuse_weight,
         )
+
+    def with_fusion_weight(self) -> RefreshConfig:
+        """This config with the linear weight resolved (`--fuse-weight`, else the reranker's `fusion.json`),
+        so the manifest and the night's identity record the weight used; an InputError when there is none."""
+        weight = resolve_weight(self.fuse, self.fuse_weight, self.reranker.model, self.reranker.revision)
+        return replace(self, fuse_weight=weight)
 
     def key(self) -> str:
         """What a resumed run must share with the run it resumes: everything but the run id and the
         settings that change no row (where small tables are handled)."""
-        payload = {k: v for k, v in asdict(self).items() if k not in NO_ROW_CHANGES}
+        payload = _row_settings(self)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def cache_identity(self) -> str:
@@ -173,7 +188,7 @@ class RefreshConfig:
         changes a row, the input files (sizes and modification times or ETags), the queries' instructions
         (`instructions`: their digest, `Inputs.instructions`; None without the column) and both models'
         weights."""
-        fields = {k: v for k, v in asdict(self).items() if k not in NO_ROW_CHANGES}
+        fields = _row_settings(self)
         fields["inputs"] = input_stats(input_files)
         fields["instructions"] = instructions
         for name, spec in (("embedder", self.embedder), ("reranker", self.reranker)):
@@ -191,6 +206,15 @@ NO_ROW_CHANGES = (
     "lease_ttl_s",
     "lease_heartbeat_s",
 )
+
+
+def _row_settings(cfg: RefreshConfig) -> dict:
+    """The settings that change rows, by name; without --fuse its two settings are left out, so a night
+    that does not fuse keeps the key and identity it always had."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NO_ROW_CHANGES}
+    if cfg.fuse is None:
+        settings = {k: v for k, v in settings.items() if k not in ("fuse", "fuse_weight")}
+    return settings
 
 
 def new_run_id() -> str:

@@ -55,7 +55,7 @@ EVAL_KS = [1, 3, 5, 10]
 
 def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_worker_cls=RerankWorker) -> dict:
     """Run (or resume) one nightly refresh and publish it. Returns the manifest. Assumes `ray.init`."""
-    cfg.validate()
+    cfg = cfg.validate().with_fusion_weight()  # --fuse linear: the weight used is the one recorded
     inputs = check_inputs(cfg)
     layout = RunLayout(cfg.output, cfg.run_id or new_run_id())
     refuse_existing_run(cfg, layout)

@@ -3,13 +3,22 @@ run's output lives."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from actors.media.loader import MediaSpec
 from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
 from pipelines.inputs.sources import FORMATS, FileFormat, parse_columns
+from pipelines.rerank.fuse import (
+    FUSE_HELP,
+    FUSE_WEIGHT_HELP,
+    FuseMethod,
+    Fusion,
+    fusion_of,
+    resolve_weight,
+)
+from pipelines.rerank.fuse import check_settings as check_fusion
 from pipelines.rerank.trec import check_tag
 from pipelines.rerank.validate import check_keep_columns
 from pipelines.runs.model_access import check_remote_code, warn_remote_code
@@ -110,8 +119,12 @@ class RerankConfig:
         help="seconds between the driver's lease renewals (well under --lease-ttl)",
     )
     trec_run: bool = setting(
-        False, help="also write <output>/run.trec: the ranked rows as a TREC run file (tag: the run id)"
+        False,
+        help="also write <output>/run.trec: the ranked rows as a TREC run file (tag: the run id; the score "
+        "written is fused_score with --fuse)",
     )
+    fuse: FuseMethod | None = setting(None, help=FUSE_HELP)
+    fuse_weight: float | None = setting(None, metavar="W", help=FUSE_WEIGHT_HELP)
 
     def validate(self) -> RerankConfig:
         at_least(self, 1, "top_k")
@@ -127,10 +140,28 @@ class RerankConfig:
                 "lease_heartbeat_s", f"{self.lease_heartbeat_s:g} s: must be under --lease-ttl"
             )
         check_keep_columns(self.keep_columns)
+        check_fusion(self.fuse, self.fuse_weight)
         validate_nested(self)
         check_remote_code(self.reranker, "reranker")
         warn_remote_code(self.reranker)
         return self
+
+    @property
+    def fusion(self) -> Fusion | None:
+        """How `rank` orders: None by score; else by fused score (the weight resolved, `with_fusion_weight`)."""
+        return fusion_of(self.fuse, self.fuse_weight)
+
+    def ranking_identity(self) -> dict:
+        """What orders and cuts ranked/ besides the scores, for the run identity: --top-k, and with --fuse
+        the method and weight (absent without, so an unfused run's identity is as it always was)."""
+        fused = {"fusion": [self.fuse, self.fuse_weight]} if self.fuse is not None else {}
+        return {"top_k": self.top_k, **fused}
+
+    def with_fusion_weight(self) -> RerankConfig:
+        """This config with the linear weight resolved (`--fuse-weight`, else the model's `fusion.json`),
+        so the manifest's config records the weight used; an InputError when there is none."""
+        weight = resolve_weight(self.fuse, self.fuse_weight, self.reranker.model, self.reranker.revision)
+        return replace(self, fuse_weight=weight)
 
     def _check_input(self) -> None:
         """Pairs, or a run with its corpus and queries (or a BEIR directory): exactly one of the two."""

@@ -18,6 +18,7 @@ from pipelines.inputs.sources import (
     stage_copy,
 )
 from pipelines.rerank.config import OutputLayout, RerankConfig
+from pipelines.rerank.fuse import check_columns
 from pipelines.rerank.rank import RANK
 from pipelines.rerank.validate import VALIDATE, resolve_keep
 from schemas import columns as c
@@ -52,10 +53,11 @@ class PairsPlan:
 def plan_inputs(cfg: RerankConfig) -> PairsPlan:
     """The driver's check of a rerank run's input, pairs or a first-stage run (see `check_pairs`)."""
     if cfg.run is None:
-        return check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns)
+        return check_pairs(cfg.pairs, cfg.format, cfg.columns, cfg.keep_columns, cfg.fuse)
     first = open_first_stage(cfg)
     names = pairs_schema(first.with_instruction).names
     check_chain(names, RERANK_CHAIN, where=cfg.run)
+    check_columns(names, cfg.fuse, where=cfg.run)
     keep = resolve_keep(cfg.keep_columns, {cfg.run: [n for n in names if n != c.ROW_INPUT_ERROR]})
     return PairsPlan(keep, first.media, (), None, first)
 
@@ -65,15 +67,18 @@ def check_pairs(
     fmt: FileFormat = "auto",
     columns: Sequence[str] | None = None,
     keep_columns: Sequence[str] = (),
+    fuse: str | None = None,
 ) -> PairsPlan:
     """Driver-side validation before any cluster work: files exist, every file's schema (after the
     `--column` renames; for JSON Lines and CSV, its first block) fits the contract and feeds every stage of
-    `RERANK_CHAIN` the columns it needs, the kept columns exist, the input has rows."""
+    `RERANK_CHAIN` the columns it needs (and `--fuse` its retrieval column), the kept columns exist, the
+    input has rows."""
     source = open_source(pairs, fmt, parse_columns(columns, PAIRS_SCHEMA.names), PAIRS_SCHEMA)
     schemas = source.schemas()
     for f, schema in schemas.items():
         check_pairs_schema(schema, where=f)
         check_chain(schema.names, RERANK_CHAIN, where=f)
+        check_columns(schema.names, fuse, where=f)
     if source.is_empty():
         raise InputError(f"{pairs}: the input has no rows")
     keep = resolve_keep(keep_columns, {f: schema.names for f, schema in schemas.items()})

@@ -21,6 +21,7 @@ from actors.media.spec import UNTRUSTED_TASK_RETRIES
 from actors.reranker.preprocess import preprocess_block
 from actors.reranker.worker import RerankWorker
 from pipelines.rerank.config import RerankConfig
+from pipelines.rerank.fuse import Fusion
 from pipelines.rerank.inputs import PairsPlan
 from pipelines.rerank.rank import only_scored, rank_group, to_errors
 from pipelines.rerank.validate import validate_pairs
@@ -202,15 +203,17 @@ def rank_scored(
     *,
     top_k: int | None = None,
     keep: Sequence[str] = (),
+    fusion: Fusion | None = None,
     num_partitions: int | None = None,
 ) -> Reranked:
     """Split scored rows (from `score_pairs`) into the errors table and the ranked table: each query's
     rows brought together by a hash shuffle on `query_id` (`num_partitions` reduce tasks; None: Ray's
-    default) and ranked, top-k applied."""
+    default) and ranked (`rank_group`: fused with `fusion` when given), top-k applied."""
     errors = scored.map_batches(to_errors, batch_format="pyarrow")
+    rank_kwargs = {"top_k": top_k, "keep": tuple(keep), "fusion": fusion}
     ranked = (
         scored.map_batches(only_scored, fn_kwargs={"keep": tuple(keep)}, batch_format="pyarrow")
         .groupby(c.QUERY_ID, num_partitions=num_partitions)
-        .map_groups(rank_group, fn_kwargs={"top_k": top_k, "keep": tuple(keep)}, batch_format="pyarrow")
+        .map_groups(rank_group, fn_kwargs=rank_kwargs, batch_format="pyarrow")
     )
     return Reranked(ranked=ranked, errors=errors)

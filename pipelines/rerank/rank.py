@@ -1,5 +1,6 @@
 """Ranking: one home for ordering scored rows per query (1 = best score; ties by candidate_id ascending,
-then input order), optionally top-k, whichever way the rows reach it.
+then input order), optionally fused with the first stage's scores (`pipelines.rerank.fuse`: `rank` then
+orders by `fused_score`, same ties) and cut to top-k, whichever way the rows reach it.
 
 `rank_group` ranks one query's rows, or many queries at once: in a `map_groups` over a hash shuffle, or on
 the driver for small outputs. Query-clustered input skips the shuffle (`rank_clustered`, below), exactly,
@@ -30,19 +31,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from pipelines.rerank.fuse import Fusion, fused_scores
 from pipelines.storage import uris
 from pipelines.storage.tables import write_file
 from schemas import columns as c
 from schemas.stages import Stage
-from schemas.tables import ERRORS_SCHEMA, RANKED_SCHEMA
+from schemas.tables import ERRORS_SCHEMA, FUSED_SCORE_FIELD, RANKED_SCHEMA
 
 RANK = Stage("rank_per_query", needs=(c.QUERY_ID, c.CANDIDATE_ID, c.SCORE), adds=(c.RANK,))
 
 
 def ranked_columns(schema_names: list[str], keep: Sequence[str] = ()) -> list[str]:
-    """The ranked output's columns: the contract's, the pass-through ones present, then the kept ones."""
+    """The ranked output's columns: the contract's (`fused_score` after `score` when present), the
+    pass-through ones present, then the kept ones."""
     extra = [name for name in c.PASSTHROUGH if name in schema_names]
     base = [*RANKED_SCHEMA.names, *extra]
+    if c.FUSED_SCORE in schema_names:
+        base.insert(base.index(c.SCORE) + 1, c.FUSED_SCORE)
     return [*base, *(name for name in keep if name not in base)]
 
 
@@ -53,32 +58,46 @@ def ranking_columns(schema_names: Sequence[str], keep: Sequence[str] = ()) -> li
     return [n for n in (*cols, c.ROW_KEY) if n in schema_names]
 
 
-def rank_group(table: pa.Table, top_k: int | None = None, keep: Sequence[str] = ()) -> pa.Table:
+def rank_group(
+    table: pa.Table, top_k: int | None = None, keep: Sequence[str] = (), fusion: Fusion | None = None
+) -> pa.Table:
     """Rank the rows of `table` per query: one query's group (as `map_groups` hands it) or many at once
-    (ranking on the driver). Order within a query: score desc, candidate_id asc, then input order (the
-    row key when present; Arrow's sort is stable), so duplicate candidate ids get distinct, deterministic
-    ranks and no row is lost. Rows come out by query, then rank. `keep`: input columns carried into the
-    output unchanged (`--keep-columns`)."""
-    keys = [(c.QUERY_ID, "ascending"), (c.SCORE, "descending"), (c.CANDIDATE_ID, "ascending")]
-    if c.ROW_KEY in table.column_names:
-        keys.append((c.ROW_KEY, "ascending"))
-    out = table.take(pc.sort_indices(table, sort_keys=keys))
-    queries = out.column(c.QUERY_ID).to_numpy(zero_copy_only=False)
-    position = np.arange(out.num_rows)
-    starts = np.flatnonzero(np.r_[True, queries[1:] != queries[:-1]]) if out.num_rows else position
-    ranks = position - starts[np.searchsorted(starts, position, side="right") - 1] + 1
-    out = out.append_column(c.RANK, pa.array(ranks.astype(np.int32)))
+    (ranking on the driver); each query's rows must all be here. Order within a query: score desc,
+    candidate_id asc, then input order (the row key when present; Arrow's sort is stable), so duplicate
+    candidate ids get distinct, deterministic ranks and no row is lost. With `fusion`, each row's
+    `fused_score` is made from its query's rows (its rank by score in that order, for rrf) and the order
+    is by fused_score instead, same ties; top-k is applied after. Rows come out by query, then rank.
+    `keep`: input columns carried into the output unchanged (`--keep-columns`)."""
+    if fusion is not None:
+        order, ranks = _order(table, c.SCORE)
+        by_score = np.empty(table.num_rows, np.int64)
+        by_score[order] = ranks
+        table = table.append_column(c.FUSED_SCORE, fused_scores(table, fusion, by_score))
+    order, ranks = _order(table, c.FUSED_SCORE if fusion is not None else c.SCORE)
+    out = table.take(pa.array(order)).append_column(c.RANK, pa.array(ranks.astype(np.int32)))
     if top_k is not None:
         out = out.filter(pa.array(ranks <= top_k))
     cols = ranked_columns(out.column_names, keep)
     return out.select(cols).cast(_schema_for(out.select(cols)))
 
 
+def _order(table: pa.Table, by: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ranking order of `table`'s rows by the column `by` (row positions, by query, then `by` desc,
+    candidate_id asc, row key asc), and each position's rank within its query (1 = best)."""
+    keys = [(c.QUERY_ID, "ascending"), (by, "descending"), (c.CANDIDATE_ID, "ascending")]
+    if c.ROW_KEY in table.column_names:
+        keys.append((c.ROW_KEY, "ascending"))
+    order = pc.sort_indices(table, sort_keys=keys).to_numpy()
+    queries = table.column(c.QUERY_ID).take(pa.array(order)).to_numpy(zero_copy_only=False)
+    position = np.arange(len(order))
+    starts = np.flatnonzero(np.r_[True, queries[1:] != queries[:-1]]) if len(order) else position
+    ranks = position - starts[np.searchsorted(starts, position, side="right") - 1] + 1
+    return order, ranks
+
+
 def _schema_for(table: pa.Table) -> pa.Schema:
-    fields = [
-        RANKED_SCHEMA.field(n) if n in RANKED_SCHEMA.names else table.schema.field(n)
-        for n in table.column_names
-    ]
+    known = {f.name: f for f in (*RANKED_SCHEMA, FUSED_SCORE_FIELD)}
+    fields = [known.get(n, table.schema.field(n)) for n in table.column_names]
     return pa.schema(fields)
 
 
@@ -146,10 +165,16 @@ def read_for_ranking(uri: str, keep: Sequence[str]) -> pa.Table:
         return piece.read(columns=list(dict.fromkeys(wanted)))
 
 
-def rank_piece(items: pa.Table, dirs: dict[str, str], top_k: int | None, keep: Sequence[str]) -> pa.Table:
-    """A `map_batches` function over piece URIs: rank each piece's local queries and write them, the
-    piece's error rows and its edge rows under `dirs` ("ranked", "errors", "edges"), named after the
-    piece; return per piece the local query ids, the edge row count and whether the piece looked
+def rank_piece(
+    items: pa.Table,
+    dirs: dict[str, str],
+    top_k: int | None,
+    keep: Sequence[str],
+    fusion: Fusion | None = None,
+) -> pa.Table:
+    """A `map_batches` function over piece URIs: rank each piece's local queries (`rank_group`) and write
+    them, the piece's error rows and its edge rows under `dirs` ("ranked", "errors", "edges"), named after
+    the piece; return per piece the local query ids, the edge row count and whether the piece looked
     unclustered (then nothing is written)."""
     out = {"local_ids": [], "edges": [], "unclustered": []}
     for uri in items.column("uri").to_pylist():
@@ -166,7 +191,7 @@ def rank_piece(items: pa.Table, dirs: dict[str, str], top_k: int | None, keep: S
             write_file(errors, dirs["errors"], name)
         scored = only_scored(table.filter(pa.array(local)), keep)
         if scored.num_rows:
-            write_file(rank_group(scored, top_k, keep), dirs["ranked"], name)
+            write_file(rank_group(scored, top_k, keep, fusion), dirs["ranked"], name)
         if edge.any():
             write_file(table.filter(pa.array(edge)), dirs["edges"], name)
         out["local_ids"].append(pc.unique(scored.column(c.QUERY_ID)).to_pylist())
@@ -179,7 +204,13 @@ def rank_piece(items: pa.Table, dirs: dict[str, str], top_k: int | None, keep: S
     )
 
 
-def rank_clustered(pieces: list[str], dirs: dict[str, str], top_k: int | None, keep: Sequence[str]):
+def rank_clustered(
+    pieces: list[str],
+    dirs: dict[str, str],
+    top_k: int | None,
+    keep: Sequence[str],
+    fusion: Fusion | None = None,
+):
     """Rank `pieces` without a shuffle (see the module), writing under `dirs` ("ranked", "errors",
     "edges"). Returns (local query ids, edge row count, edge files), or None when the input is not
     clustered (the caller removes the folders and ranks through the shuffle). The edge rows are still to
@@ -188,7 +219,7 @@ def rank_clustered(pieces: list[str], dirs: dict[str, str], top_k: int | None, k
         ray.data.from_items([{"uri": p} for p in pieces], override_num_blocks=max(1, len(pieces)))
         .map_batches(
             rank_piece,
-            fn_kwargs={"dirs": dirs, "top_k": top_k, "keep": tuple(keep)},
+            fn_kwargs={"dirs": dirs, "top_k": top_k, "keep": tuple(keep), "fusion": fusion},
             batch_size=1,
             batch_format="pyarrow",
         )

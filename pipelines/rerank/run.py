@@ -76,7 +76,7 @@ def identity_fields(cfg: RerankConfig, files: list[str], plan: PairsPlan | None 
         "model": [spec.model, model.get("revision"), model.get("fingerprint")],
         **{name: getattr(spec, name) for name in SCORE_SETTINGS},
         "dtype": resolved_dtype(spec, cfg.pool),
-        "top_k": cfg.top_k,
+        **cfg.ranking_identity(),  # --top-k, --fuse
         "columns": list(cfg.columns or ()),
         "keep_columns": list(cfg.keep_columns),
         "inputs": input_stats(files),
@@ -104,7 +104,7 @@ def run_rerank(
     layout = OutputLayout(cfg.output, manifest_name)
     plan = plan_inputs(cfg)
     files = plan.files
-    cfg = replace(cfg, reranker=pinned(cfg.reranker))  # a hub id loads exactly the commit resolved here
+    cfg = replace(cfg.with_fusion_weight(), reranker=pinned(cfg.reranker))  # the weight; a hub id's commit
     fields = identity_fields(cfg, files, plan)
     run_id = cfg.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     complete = _complete_run(layout, cfg, run_id, fields)
@@ -233,13 +233,13 @@ def rank_outputs(pieces: list[str], layout: OutputLayout, cfg, total: int, keep)
     uris.remove(layout.ranked)
     uris.remove(layout.errors)
     if total <= cfg.rank_on_driver_rows:
-        _rank_on_driver(_read_pieces(pieces, keep), layout, cfg.top_k, keep)
+        _rank_on_driver(_read_pieces(pieces, keep), layout, cfg, keep)
         return {"path": "driver"}
     edges_dir = uris.join(layout.root, "_edges")
     uris.remove(edges_dir)
     dirs = {"ranked": layout.ranked, "errors": layout.errors, "edges": edges_dir}
     try:
-        found = rank_clustered(pieces, dirs, cfg.top_k, keep)
+        found = rank_clustered(pieces, dirs, cfg.top_k, keep, cfg.fusion)
         if found is not None and _rank_edges(*found, layout, cfg, keep):
             ranking = {"path": "clustered", "set_aside_rows": found[1]}
         else:
@@ -247,7 +247,8 @@ def rank_outputs(pieces: list[str], layout: OutputLayout, cfg, total: int, keep)
             uris.remove(layout.errors)
             fs_out = uris.pyarrow_filesystem(cfg.output)
             scored = ray.data.read_parquet(pieces, filesystem=fs_out)
-            result = rank_scored(scored, top_k=cfg.top_k, keep=keep, num_partitions=rank_partitions(total))
+            parts = rank_partitions(total)
+            result = rank_scored(scored, top_k=cfg.top_k, keep=keep, fusion=cfg.fusion, num_partitions=parts)
             result.errors.write_parquet(layout.errors, filesystem=fs_out)
             result.ranked.write_parquet(layout.ranked, filesystem=fs_out)
             ranking = {"path": "shuffle"}
@@ -268,17 +269,13 @@ def _rank_edges(local: set, edge_rows: int, files: list[str], layout, cfg, keep)
         table = _read_pieces(files, keep)
         if not edges_are_apart(local, table.column(c.QUERY_ID)):
             return False
-        _rank_on_driver(table, layout, cfg.top_k, keep, errors=False, name="part-edges.parquet")
+        _rank_on_driver(table, layout, cfg, keep, errors=False, name="part-edges.parquet")
         return True
     if not edges_are_apart(local, read_files(files, [c.QUERY_ID]).column(c.QUERY_ID)):
         return False
     fs_out = uris.pyarrow_filesystem(cfg.output)
-    edges = rank_scored(
-        ray.data.read_parquet(files, filesystem=fs_out),
-        top_k=cfg.top_k,
-        keep=keep,
-        num_partitions=rank_partitions(edge_rows),
-    )
+    rows, parts = ray.data.read_parquet(files, filesystem=fs_out), rank_partitions(edge_rows)
+    edges = rank_scored(rows, top_k=cfg.top_k, keep=keep, fusion=cfg.fusion, num_partitions=parts)
     edges.ranked.write_parquet(layout.ranked, filesystem=fs_out)
     return True
 
@@ -290,16 +287,16 @@ def _read_pieces(pieces: list[str], keep) -> pa.Table | None:
 
 
 def _rank_on_driver(
-    scored: pa.Table | None, layout, top_k, keep, errors: bool = True, name: str = "part-0.parquet"
+    scored: pa.Table | None, layout, cfg, keep, errors: bool = True, name: str = "part-0.parquet"
 ) -> None:
-    """Rank scored rows in this process (one Arrow sort): one ranked file, and with `errors` one errors
-    file."""
+    """Rank scored rows in this process (`cfg`'s top-k and fusion): one ranked file, and with `errors` one
+    errors file."""
     if errors:
         table = to_errors(scored) if scored is not None else ERRORS_SCHEMA.empty_table()
         write_file(table, layout.errors, "part-0.parquet")
     ranked = only_scored(scored, keep) if scored is not None else None
     if ranked is not None and ranked.num_rows:
-        write_file(rank_group(ranked, top_k, keep), layout.ranked, name)
+        write_file(rank_group(ranked, cfg.top_k, keep, cfg.fusion), layout.ranked, name)
 
 
 def _ranked_counts(ranked: str) -> tuple[int, int]:

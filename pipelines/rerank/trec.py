@@ -2,9 +2,10 @@
 and every IR toolkit read.
 
 One line per ranked row, ``qid Q0 docid rank score tag``, in the order of ``ranked/`` (query by query, each
-query's candidates by rank); the tag is the run id. The score is the float32 ``score`` written as the
-shortest text that reads back to exactly that value (``repr`` of the float), so a reader sees the very
-scores, and the very ties, the ranking had.
+query's candidates by rank); the tag is the run id. The score is the float32 ``score``, or ``fused_score``
+when the run fused scores (``--fuse``: the score ``rank`` orders by, which trec_eval orders by too), written
+as the shortest text that reads back to exactly that value (``repr`` of the float), so a reader sees the
+very scores, and the very ties, the ranking had.
 
 The file is written from ``ranked/`` after ranking and before the manifest, one ranked file and one record
 batch at a time: a query's rows sit in one file ordered by rank, so nothing is collected on the driver
@@ -69,10 +70,11 @@ def write_trec_run(ranked: str, target: str, tag: str) -> int:
             for file in files:
                 with fs.open(file, "rb") as f:
                     reader = pq.ParquetFile(f)
-                    columns = [c.QUERY_ID, c.CANDIDATE_ID, c.RANK, c.SCORE]
+                    score = c.FUSED_SCORE if c.FUSED_SCORE in reader.schema_arrow.names else c.SCORE
+                    columns = [c.QUERY_ID, c.CANDIDATE_ID, c.RANK, score]
                     for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=columns):
                         order.check(batch, file)
-                        out.write(trec_lines(batch, tag).encode())
+                        out.write(trec_lines(batch, tag, score).encode())
                         lines += batch.num_rows
     except BaseException:
         uris.remove(target)
@@ -80,8 +82,8 @@ def write_trec_run(ranked: str, target: str, tag: str) -> int:
     return lines
 
 
-def trec_lines(rows: pa.Table | pa.RecordBatch, tag: str) -> str:
-    """`rows` (query_id, candidate_id, rank, score) as TREC run lines, in their order."""
+def trec_lines(rows: pa.Table | pa.RecordBatch, tag: str, score: str = c.SCORE) -> str:
+    """`rows` (query_id, candidate_id, rank and the column `score`) as TREC run lines, in their order."""
     ids = {}
     for name in (c.QUERY_ID, c.CANDIDATE_ID):
         column = pc.cast(rows.column(name), pa.string())
@@ -95,7 +97,7 @@ def trec_lines(rows: pa.Table | pa.RecordBatch, tag: str) -> str:
         ids[name] = column.to_pylist()
     ranks = rows.column(c.RANK).to_pylist()
     # float32 -> float64 is exact; repr of that float is the shortest text reading back to it.
-    scores = rows.column(c.SCORE).to_numpy(zero_copy_only=False).astype(np.float64).tolist()
+    scores = rows.column(score).to_numpy(zero_copy_only=False).astype(np.float64).tolist()
     return "".join(
         f"{q} Q0 {d} {r} {s!r} {tag}\n"
         for q, d, r, s in zip(ids[c.QUERY_ID], ids[c.CANDIDATE_ID], ranks, scores, strict=True)

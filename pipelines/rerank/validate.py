@@ -38,7 +38,7 @@ def _has_content(table: pa.Table, cols: list[str]) -> pa.Array:
 
 
 # Columns the ranked output writes itself: an input column of that name cannot be carried over it.
-OUTPUT_COLUMNS = (c.SCORE, c.RANK)
+OUTPUT_COLUMNS = (c.SCORE, c.FUSED_SCORE, c.RANK)
 ALL_COLUMNS = "*"
 
 
