@@ -6,7 +6,8 @@ module. Jobs run as subprocesses joined with `--ray-address`; the pytest process
   is accepted;
 - the worker node running the preprocess tasks, and separately the node running the scoring actor, removed
   mid-run without warning and replaced: the job completes on s3://, nothing lost or duplicated, scores equal
-  `CrossEncoder.predict`.
+  `CrossEncoder.predict`;
+- a driver killed mid-run on s3:// (progress every second) resumes from the committed pieces.
 """
 
 from __future__ import annotations
@@ -202,3 +203,30 @@ def test_losing_the_scoring_actor_node_mid_run_costs_nothing(ray_cluster, s3, tm
     # without counting against their budget: every restart the manifest counts is the lost node's.
     faults = manifest["faults"]
     assert faults["actor_restarts"] == faults["actor_restarts_node_lost"], faults
+
+
+def test_a_driver_killed_mid_run_resumes_on_s3(ray_cluster, s3, tmp_path, qwen3_causal):  # noqa: F811
+    """Pairs and output on s3://, progress every second: the driver's process group SIGKILLed once pieces are
+    committed, then the same command again resumes them (the lease of a holder gone from this host is taken
+    over at once) and scores only the rest."""
+    table = plain_pairs(12, 24)  # 288 pairs, 72 blocks of 4
+    pairs = put_pairs(table, tmp_path / "pairs", "killed/pairs")
+    out = f"s3://{BUCKET}/killed/out"
+    argv = ["--pairs", pairs, "--model", str(qwen3_causal), "--output", out, "--run-id", "killed", *FAST]
+    argv += ["--block-rows", "4", "--max-error-rate", "0"]
+    ckpt = Checkpoint(out)
+    proc = start_job(ray_cluster, argv, aws=s3)
+    wait_for(lambda: ray_cluster.actor_nodes("MapWorker"), proc, "the scoring actor started")
+    wait_for(lambda: len(ckpt.pieces()) >= 3, proc, "three pieces were committed")
+    os.killpg(proc.pid, signal.SIGKILL)
+    first_out, _ = proc.communicate()
+    assert "pairs scored: " in first_out, "progress lines (on stdout) every second while scoring"
+    committed = len(ckpt.pieces())
+
+    code, stdout, err = finish(start_job(ray_cluster, argv, aws=s3))
+    assert code == 0, f"{stdout[-3000:]}\n{err[-3000:]}"
+    manifest = assert_ranked_once_equal_to_predict(out, table, qwen3_causal)
+    counts = manifest["counts"]
+    assert counts["pairs_resumed"] >= 4 * committed > 0
+    assert counts["pairs_resumed"] + counts["pairs_scored_this_run"] == table.num_rows
+    assert len(ckpt.pieces()) == 0  # removed once the run is complete
