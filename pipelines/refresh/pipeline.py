@@ -27,12 +27,14 @@ from pipelines.refresh.inputs import Inputs, check_inputs, qrels_path, stage_inp
 from pipelines.refresh.manifest import night_manifest
 from pipelines.refresh.publish import (
     RunLayout,
+    finish_replacing,
     finished,
     mark_finished,
     mark_started,
     publish_decision,
     publish_latest,
     read_latest,
+    replace_run,
 )
 from pipelines.refresh.retrieve import retrieve
 from pipelines.refresh.score_cache import ScoreCache
@@ -58,9 +60,12 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     cfg = cfg.validate().with_fusion_weight()  # --fuse linear: the weight used is the one recorded
     inputs = check_inputs(cfg)
     layout = RunLayout(cfg.output, cfg.run_id or new_run_id())
+    finish_replacing(layout)  # an overwrite whose driver died while moving its complete attempt into place
     refuse_existing_run(cfg, layout)
     if uris.exists(layout.run_dir) and cfg.mode == "overwrite":
-        uris.remove(layout.run_dir)
+        # The run stays in place (and published) until the new attempt is complete (`replace_run`).
+        layout = layout.overwrite_attempt()
+        uris.remove(layout.run_dir)  # an earlier overwrite attempt that did not finish starts afresh
     if uris.exists(layout.manifest):
         manifest = uris.read_json(layout.manifest)
         if manifest.get("published", True) and publish_decision(layout) is None:
@@ -72,7 +77,8 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     with lease:  # one driver per night; its rerank stage holds its own lease inside the run directory
         identity = cfg.identity(files, instructions=inputs.instructions)
         check_identity(layout.run_dir, layout.run_id, identity, record_file=NIGHT_RECORD)
-        return night.run(embed_worker_cls, rerank_worker_cls)
+        manifest = night.run(embed_worker_cls, rerank_worker_cls)
+    return night.publish(manifest)  # after the lease: an overwrite attempt moves its directory first
 
 
 class _Night:
@@ -80,7 +86,8 @@ class _Night:
 
     def __init__(self, cfg: RefreshConfig, inputs: Inputs, layout: RunLayout, previous: str | None):
         self.cfg, self.inputs, self.layout = cfg, inputs, layout
-        self.previous = previous if previous != layout.run_id else None
+        # The published run's embeddings are reused, also by an overwrite of it (which leaves it in place).
+        self.previous = previous if previous != layout.run_id or layout.directory else None
         self.key = cfg.key()
         self.timings: dict[str, float] = {}
         self.resumed: list[str] = []
@@ -159,11 +166,19 @@ class _Night:
         if not_published:
             manifest["not_published"] = not_published
         uris.write_json(layout.manifest, manifest)
-        if not_published is None:
-            lost = publish_latest(cfg.output, layout.run_id)  # decided again, atomically, on the pointer
+        return manifest
+
+    def publish(self, manifest: dict) -> dict:
+        """Move LATEST to the complete run when its manifest says it may (decided again, atomically, on the
+        pointer). An overwrite's complete attempt first replaces the run it overwrites (`replace_run`)."""
+        if self.layout.directory is not None:
+            self.layout = replace_run(self.layout)
+            manifest = uris.read_json(self.layout.manifest)
+        if manifest["published"]:
+            lost = publish_latest(self.cfg.output, self.layout.run_id)
             if lost is not None:  # a night started later was published meanwhile
                 manifest |= {"published": False, "not_published": lost}
-                uris.write_json(layout.manifest, manifest)
+                uris.write_json(self.layout.manifest, manifest)
         return manifest
 
     def embed(self, todo: list[str], worker_cls) -> dict[str, dict]:

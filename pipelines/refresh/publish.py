@@ -18,6 +18,7 @@ ROOT/runs/<run_id>/
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from pipelines.storage import uris
 from pipelines.storage.versioned import VersionedObject
 from schemas.tables import InputError
 
+OVERWRITE_SUFFIX = ".overwrite"
 STAGES = ("read_inputs", "embed_corpus", "embed_queries", "retrieve", "rerank", "score_cache", "evaluate")
 
 
@@ -32,10 +34,16 @@ STAGES = ("read_inputs", "embed_corpus", "embed_queries", "retrieve", "rerank", 
 class RunLayout:
     root: str
     run_id: str
+    directory: str | None = None  # the directory under runs/ when not the run id (an overwrite's attempt)
 
     @property
     def run_dir(self) -> str:
-        return uris.join(self.root, "runs", self.run_id)
+        return uris.join(self.root, "runs", self.directory or self.run_id)
+
+    def overwrite_attempt(self) -> RunLayout:
+        """Where `--mode overwrite` builds the run again while the finished one stays in place (and
+        published): `runs/<run_id>.overwrite/`, moved over the run only once the new attempt is complete."""
+        return RunLayout(self.root, self.run_id, f"{self.run_id}{OVERWRITE_SUFFIX}")
 
     @property
     def latest(self) -> str:
@@ -73,6 +81,30 @@ class RunLayout:
         return uris.join(self.run_dir, "_stages", f"{stage}.json")
 
 
+def replace_run(attempt: RunLayout) -> RunLayout:
+    """Put a complete overwrite attempt in place of its run: the old run directory removed, the attempt
+    moved there and its manifest's paths pointed at the new place. Returns the run's own layout. Until this
+    runs the old run is untouched (and stays published); a driver killed in between leaves the complete
+    attempt, which the next `--mode overwrite` moves into place (`finish_replacing`)."""
+    final = RunLayout(attempt.root, attempt.run_id)
+    uris.remove(final.run_dir)
+    uris.move(attempt.run_dir, final.run_dir)
+    manifest = uris.read_json(final.manifest)
+    text = json.dumps(manifest).replace(attempt.run_dir + "/", final.run_dir + "/")
+    uris.write_json(final.manifest, json.loads(text.replace(f'"{attempt.run_dir}"', f'"{final.run_dir}"')))
+    return final
+
+
+def finish_replacing(layout: RunLayout) -> bool:
+    """After a driver died between removing a run and moving its complete overwrite attempt there: finish
+    the move. True when it did."""
+    attempt = layout.overwrite_attempt()
+    if uris.exists(layout.run_dir) or not uris.exists(attempt.manifest):
+        return False
+    replace_run(attempt)
+    return True
+
+
 def read_latest(root: str) -> str | None:
     """The run id `ROOT/LATEST` names, or None before the first published run."""
     path = uris.join(root, "LATEST")
@@ -99,10 +131,10 @@ def publish_latest(root: str, run_id: str) -> str | None:
     raise RuntimeError(f"{root}/LATEST kept changing while run {run_id!r} was being published")
 
 
-def _stays(root: str, latest: str, run_id: str) -> str | None:
+def _stays(root: str, latest: str, run_id: str, mine: float | None = None) -> str | None:
     if not latest or latest == run_id:
         return None
-    theirs, mine = started_at(RunLayout(root, latest)), started_at(RunLayout(root, run_id))
+    theirs, mine = started_at(RunLayout(root, latest)), mine or started_at(RunLayout(root, run_id))
     if theirs is None or mine is None or mine > theirs:
         return None
     return (
@@ -148,4 +180,4 @@ def publish_decision(layout: RunLayout) -> str | None:
     """None when this run may become LATEST now; else why not (`publish_latest` decides again, atomically).
     LATEST only moves forward: a run first started before the published one (an older night resumed late)
     never replaces it. Start times come from each run's driver clock."""
-    return _stays(layout.root, read_latest(layout.root) or "", layout.run_id)
+    return _stays(layout.root, read_latest(layout.root) or "", layout.run_id, started_at(layout))

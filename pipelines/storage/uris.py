@@ -121,6 +121,20 @@ def remove(uri: str) -> None:
         fs.invalidate_cache(path)
 
 
+def move(source: str, target: str) -> None:
+    """Move the directory `source` to `target`, which must not exist. On a local disk one rename; on an
+    object store a copy of every object, then the source removed (not atomic: a reader may see both)."""
+    fs, src = fresh(source)
+    _, dst = filesystem(target)
+    if is_local(fs):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.rename(src, dst)
+        return
+    fs.copy(src.rstrip("/") + "/", dst.rstrip("/") + "/", recursive=True)
+    fs.invalidate_cache(dst)
+    remove(source)
+
+
 def write_atomically(uri: str, write: Callable[[BinaryIO], object]) -> None:
     """Write a file that a reader sees whole or not at all; `write(f)` fills it. On a local disk: a
     temporary file beside it, flushed and fsynced, renamed over `uri`, and the directory fsynced (so a

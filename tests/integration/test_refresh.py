@@ -492,21 +492,34 @@ def test_small_tables_on_the_driver_equal_the_cluster_path(ray_session, data, ni
 def test_score_cache_is_not_used_after_one_weight_byte_changes_in_place(
     ray_session, data, minilm, qwen3_causal, night1, tmp_path
 ):
+    # The night with the changed model overwrites the published one (--mode overwrite): a first attempt
+    # that dies leaves the old run in place and published; the second replaces it when complete.
     model = tmp_path / "reranker"
     shutil.copytree(qwen3_causal, model)
     root = Path(night1[0].output)
-    first = run_refresh(config(data, minilm, model, "corpus1", "weights1"))
+    first = run_refresh(config(data, minilm, model, "corpus1", "weights"))
     assert first["counts"]["scored"] == N_QUERIES * K
+    run = root / "runs" / "weights"
+    before = {(r["query_id"], r["candidate_id"]): r["score"] for r in read_dir(run / "ranked")}
 
     flip_weight_byte(model)
-    second = run_refresh(config(data, minilm, model, "corpus1", "weights2"))
+    overwrite = config(data, minilm, model, "corpus1", "weights", mode="overwrite")
+    with pytest.raises(Exception, match="node lost before embedding"):
+        run_refresh(overwrite, embed_worker_cls=KilledEmbedder)
+    assert read_latest(str(root)) == "weights"
+    assert json.loads((run / "manifest.json").read_text())["reranker"] == first["reranker"]
+    assert {(r["query_id"], r["candidate_id"]): r["score"] for r in read_dir(run / "ranked")} == before
+
+    second = run_refresh(overwrite)
+    assert read_latest(str(root)) == "weights" and second["published"] is True
+    assert not (root / "runs" / "weights.overwrite").exists()
+    assert second["outputs"]["ranked"] == str(run / "ranked")
     counts = second["counts"]
     assert (counts["cache_hits"], counts["scored"], counts["rerank_failed"]) == (0, N_QUERIES * K, 0)
     assert (counts["docs_embedded"], counts["docs_reused"]) == (0, N_DOCS)  # embeddings are still reused
     assert second["reranker"]["fingerprint"] != first["reranker"]["fingerprint"]
 
     # Every score recomputed by the changed model, as CrossEncoder.predict computes it.
-    run = root / "runs" / "weights2"
     texts = {
         (r["query_id"], r["candidate_id"]): (r["query_text"], r["candidate_text"])
         for r in read_dir(run / "candidates")
@@ -515,10 +528,6 @@ def test_score_cache_is_not_used_after_one_weight_byte_changes_in_place(
     keys = sorted(ranked)
     want = CrossEncoder(str(model), max_length=64).predict([texts[k] for k in keys])
     np.testing.assert_allclose([ranked[k] for k in keys], want, atol=1e-5, rtol=0)
-    before = {
-        (r["query_id"], r["candidate_id"]): r["score"]
-        for r in read_dir(root / "runs" / "weights1" / "ranked")
-    }
     assert set(before) == set(ranked)
     assert max(abs(before[k] - ranked[k]) for k in keys) > 1e-3, "the changed byte changes the scores"
 
