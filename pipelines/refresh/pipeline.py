@@ -174,7 +174,7 @@ class _Night:
         if self.layout.directory is not None:
             self.layout = replace_run(self.layout)
             manifest = uris.read_json(self.layout.manifest)
-        if manifest["published"]:
+        if manifest.get("published"):
             lost = publish_latest(self.cfg.output, self.layout.run_id)
             if lost is not None:  # a night started later was published meanwhile
                 manifest |= {"published": False, "not_published": lost}
