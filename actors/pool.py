@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.settings import at_least, setting
+from schemas.settings import SettingError, at_least, setting
+
+# Resources Ray reserves through their own options (--cpus-per-actor, --gpus-per-actor, memory requests).
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,12 @@ class PoolSpec:
         None, help="GPUs per actor (default: 1 when the cluster has GPUs, else 0 = CPU)"
     )
     cpus_per_actor: float = setting(1.0, help="CPUs reserved per actor")
+    actor_resources: tuple[str, ...] = setting(
+        (),
+        metavar="NAME=AMOUNT,...",
+        help="custom Ray resources each actor reserves besides CPUs and GPUs, e.g. accelerator=1: the actors "
+        "go only to nodes that declare them (default: none)",
+    )
     torch_threads: int | None = setting(
         None, help="torch intra-op threads in each actor (CPU runs; default: torch's own choice)"
     )
@@ -45,7 +54,28 @@ class PoolSpec:
         at_least(self, 0, "preprocess_tasks")
         at_least(self, 0, "gpus_per_actor", "cpus_per_actor")
         at_least(self, -1, "max_restarts", "max_task_retries")
+        self.custom_resources()
         return self
+
+    def custom_resources(self) -> dict[str, float]:
+        """`actor_resources` as Ray's `resources` option ({} when none); a bad entry is a SettingError."""
+        out: dict[str, float] = {}
+        for item in self.actor_resources:
+            name, sep, amount = (part.strip() for part in item.partition("="))
+            try:
+                value = float(amount)
+            except ValueError:
+                value = float("nan")
+            if not sep or not name or not 0 <= value < float("inf"):
+                raise SettingError(
+                    "actor_resources", f"{item!r}: expected NAME=AMOUNT with AMOUNT >= 0, e.g. accelerator=1"
+                )
+            if name in RAY_BUILTIN_RESOURCES:
+                raise SettingError(
+                    "actor_resources", f"{name} is not a custom resource (--cpus-per-actor, --gpus-per-actor)"
+                )
+            out[name] = value
+        return out
 
     def num_gpus(self) -> float:
         """GPUs each actor asks Ray for; None resolves against the connected cluster."""
@@ -64,6 +94,7 @@ class PoolSpec:
             "compute": ray.data.ActorPoolStrategy(size=self.actors),
             "num_gpus": self.num_gpus(),
             "num_cpus": self.cpus_per_actor,
+            **({"resources": resources} if (resources := self.custom_resources()) else {}),
             # Ray Data's default is to restart and retry forever: a pair that kills its actor would loop.
             "max_restarts": self.max_restarts,
             "max_task_retries": self.max_task_retries,
