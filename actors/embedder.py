@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from actors.elements import build_elements
-from actors.model_source import materialize
+from actors.model_source import check_loaded, materialize, source_fingerprint
 from actors.model_spec import ModelSpec, resolve_device_and_dtype
 from actors.rows import RowErrors, isolate_failures, replace_columns
 from actors.token_budget import pack_by_tokens
@@ -120,6 +120,7 @@ class EmbedWorker:
             torch.set_num_threads(torch_threads)
         self.spec, self.side = spec, side
         self.active: Side | None = side  # the side being embedded (set per block part when side is None)
+        self.source = source_fingerprint(spec.model)  # of the bytes about to be loaded; checked per block
         self.model = load_sentence_transformer(spec)
         self.model.eval()
         self.dim = self.model.get_embedding_dimension()
@@ -159,7 +160,10 @@ class EmbedWorker:
         )
         return np.asarray(out, dtype=np.float32).reshape(len(inputs), self.dim)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, fingerprint: str | None = None) -> pa.Table:
+        """`fingerprint`: the model's, as the driver took it when the run started; bytes loaded that differ
+        (changed since, or another copy on this node) raise `ModelChanged` before any row is embedded."""
+        check_loaded(self.spec.model, self.source, fingerprint)
         n = table.num_rows
         out = _Output(
             vectors=np.zeros((n, self.dim), dtype=np.float32),

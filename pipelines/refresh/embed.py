@@ -22,6 +22,7 @@ import ray
 
 from actors.embedder import PREFIX, ROW_EMBED_SIDE, SIDES, EmbedderSpec, EmbedWorker, Side
 from actors.media.spec import UNTRUSTED_TASK_RETRIES
+from actors.model_source import source_fingerprint
 from actors.pool import PoolSpec
 from pipelines.refresh.content_hash import content_hashes
 from pipelines.refresh.embed_output import ID, WRITTEN_SCHEMA, SideInput, finish_side, write_embedded
@@ -180,6 +181,7 @@ def embed_sides(
     turns the media stage on; a side of at most `driver_rows` rows skips the shuffle (`_side_rows`).
     Assumes `ray.init` was called."""
     tag = model_tag(spec, pool)
+    fingerprint = source_fingerprint(spec.model)  # each actor checks the bytes it loads against it
     dim = next((_previous_dimension(s.previous) for s in sides if s.previous is not None), None)
     schema = unified_schema(dim)
     parts = [_side_rows(s, tag, schema, dim, rows_per_partition, driver_rows) for s in sides]
@@ -198,6 +200,7 @@ def embed_sides(
     ds = ds.map_batches(
         worker_cls,
         fn_constructor_kwargs={"spec": spec, "side": None, "torch_threads": pool.torch_threads},
+        fn_kwargs={"fingerprint": fingerprint},
         batch_format="pyarrow",
         udf_modifying_row_count=False,
         **pool.actor_options(),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from actors.embedder import PREFIX, EmbedWorker, Side
+from actors.model_source import model_changed_in
 from actors.reranker.worker import RerankWorker
 from pipelines.inputs.sources import media_columns_with_values
 from pipelines.refresh import embed
@@ -77,7 +78,12 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     with lease:  # one driver per night; its rerank stage holds its own lease inside the run directory
         identity = cfg.identity(files, instructions=inputs.instructions)
         check_identity(layout.run_dir, layout.run_id, identity, record_file=NIGHT_RECORD)
-        manifest = night.run(embed_worker_cls, rerank_worker_cls)
+        try:
+            manifest = night.run(embed_worker_cls, rerank_worker_cls)
+        except Exception as exc:
+            if (changed := model_changed_in(exc)) is not None:  # the embedder's (the reranker's: run_rerank)
+                raise InputError(changed) from exc
+            raise
     return night.publish(manifest)  # after the lease: an overwrite attempt moves its directory first
 
 

@@ -37,11 +37,10 @@ def _release_actors_of_failed_runs():
     from ray._private.worker import global_worker
     from ray.util.state import list_actors
 
+    address = ray.get_runtime_context().gcs_address  # not "auto": a test may run a second instance
+
     def leftovers() -> list[str]:
-        try:
-            alive = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-        except Exception:  # the state API timed out on a loaded machine: the next test's check retries
-            return []
+        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
         return [a.actor_id for a in alive if a.class_name.startswith("MapWorker(")]
 
     if leftovers():

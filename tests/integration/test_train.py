@@ -154,3 +154,45 @@ def test_a_finished_run_is_not_replaced_without_overwrite(task, trained, capsys)
     assert "pass --overwrite" in capsys.readouterr().err
     assert (trained / "train_manifest.json").read_text() == before
     shutil.rmtree(task["tmp"] / "overlap", ignore_errors=True)
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_from_it(ray_session, task):
+    """The driver's process group SIGKILLed once Ray Train holds a checkpoint; the same command again
+    resumes from it (weights, optimizer, scheduler, step) and trains only the remaining steps."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from tests.conftest import REPO
+
+    output = task["tmp"] / "killed"
+    argv = train_args(task, output, "--max-steps", str(STEPS))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "RAY_AUTH_MODE": "token",
+        "PYTHONPATH": str(REPO),
+    }
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", *argv], cwd=REPO, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 600
+    checkpoints = output / "checkpoints"
+    # A checkpoint counts once Ray Train has registered it (its snapshot names it), not when its directory
+    # appears: a run killed in between has nothing to resume from.
+    while not list(checkpoints.rglob("checkpoint_manager_snapshot.json")) and driver.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # preemption: no clean-up
+    driver.wait()
+    assert not (output / "train_manifest.json").exists(), "killed before the run finished"
+
+    assert train_job.main(argv) == 0
+    training = json.loads((output / "train_manifest.json").read_text())["training"]
+    assert training["steps"] == STEPS  # the same final step count as a fresh run
+    assert 0 < training["resumed_from_step"] < STEPS  # fewer steps trained by the second driver
+    assert training["resumed_from_step"] % 50 == 0  # a checkpoint's step (--eval-steps 50)
