@@ -113,6 +113,8 @@ class EmbedWorker:
     its own call (`encode_document` / `encode_query`), prompt and content columns.
     """
 
+    source: str | None = None  # the fingerprint of the model's bytes as loaded (None: nothing to compare)
+
     def __init__(self, spec: EmbedderSpec, side: Side | None = None, torch_threads: int | None = None):
         import torch
 

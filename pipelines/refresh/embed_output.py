@@ -90,7 +90,10 @@ def write_embedded(table: pa.Table, targets: dict, tag: str, run_id: str) -> pa.
         embedded = to_embedding_table(part, side, tag, run_id)
         bad = _errors_block(embedded, side)
         ok = pc.is_null(embedded.column(c.ERROR))
-        this_run = pc.and_(ok, pc.equal(embedded.column(c.EMBEDDED_RUN), run_id))
+        # Embedded now: no reused embedding came with the row (a reused one keeps its run, which is this run
+        # id's own when an overwrite reuses the run it replaces).
+        came = part.column(c.EMBEDDED_RUN) if c.EMBEDDED_RUN in part.column_names else None
+        this_run = pc.and_(ok, pc.is_null(came)) if came is not None else ok
         out.append(
             {
                 "side": side,
