@@ -60,3 +60,25 @@ def keep_local_ray_on_loopback(
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and environ is os.environ:  # Ray imported already: what it read at import
         constants.ENABLE_RAY_CLUSTER = False
+
+
+def cluster_head(**head_node_args):
+    """A `ray.cluster_utils.Cluster` with its head started (a benchmark's or a test's several-node cluster on
+    this machine). The head writes its address for `ray.init(address="auto")`; the file another instance
+    wrote before (a test session's) is put back, so nothing else on the machine joins this cluster by
+    accident. Call `keep_local_ray_on_loopback` first so every node listens on 127.0.0.1."""
+    from ray._common.utils import get_ray_address_file
+    from ray.cluster_utils import Cluster
+
+    address_file = get_ray_address_file(None)
+    saved = None
+    if os.path.exists(address_file):
+        with open(address_file) as f:
+            saved = f.read()
+    cluster = Cluster(initialize_head=True, head_node_args=head_node_args)
+    if saved is None:
+        os.remove(address_file)
+    else:
+        with open(address_file, "w") as f:
+            f.write(saved)
+    return cluster

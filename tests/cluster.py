@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from jobs.loopback import cluster_head
 from tests.conftest import REPO
 
 WORKER_CPUS = 1
@@ -92,30 +93,9 @@ class LocalCluster:
 
 
 def start_cluster(workers: int = 2) -> LocalCluster:
-    from ray._common.utils import get_ray_address_file
-    from ray.cluster_utils import Cluster
-
-    # The head writes its address for `ray.init(address="auto")`; the file another instance (the session's)
-    # wrote is put back, so nothing else on the machine finds this cluster by accident.
-    address_file = get_ray_address_file(None)
-    saved = None
-    if os.path.exists(address_file):
-        with open(address_file) as f:
-            saved = f.read()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "resources": {"head": 1},
-            "object_store_memory": OBJECT_STORE_BYTES,
-            "include_dashboard": False,
-        },
+    cluster = cluster_head(
+        num_cpus=0, resources={"head": 1}, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False
     )
-    if saved is None:
-        os.remove(address_file)
-    else:
-        with open(address_file, "w") as f:
-            f.write(saved)
     local = LocalCluster(cluster)
     if cluster.head_node.node_ip_address != "127.0.0.1":
         local.shutdown()

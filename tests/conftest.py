@@ -22,6 +22,22 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 REPO = Path(__file__).resolve().parent.parent
 
 
+def start_job_on_session(module: str, argv: list[str]):
+    """`python -m <module> ARGV` as its own process group, joined to the session's Ray instance (as a
+    preemptible driver on a cluster runs), for tests that SIGKILL a driver mid-run."""
+    import subprocess
+
+    import ray
+
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "RAY_AUTH_MODE": "token",
+        "PYTHONPATH": str(REPO),
+    }
+    return subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO, env=env, start_new_session=True)
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

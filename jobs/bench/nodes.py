@@ -36,9 +36,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from jobs.loopback import keep_local_ray_on_loopback
+from jobs.loopback import cluster_head, keep_local_ray_on_loopback
 
 NODE_COUNTS = (1, 2)
 RESOURCE = "accelerator"  # the custom resource each worker node declares one of, and each actor reserves
@@ -87,26 +86,10 @@ def local_cluster(nodes: int) -> Iterator[str]:
     """A fresh `ray.cluster_utils.Cluster` on loopback: a head without CPUs and `nodes` worker nodes of one
     CPU and one `accelerator` each; yields the address a driver joins. Every node is stopped on the way
     out, errors included (not `Cluster.shutdown`, which also deletes the address file of any other Ray
-    instance on the machine: the one this process finds there is put back, as `tests.cluster` does)."""
-    from ray._common.utils import get_ray_address_file
-    from ray.cluster_utils import Cluster
-
-    address_file = get_ray_address_file(None)
-    saved = Path(address_file).read_text() if os.path.exists(address_file) else None
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "object_store_memory": OBJECT_STORE_BYTES,
-            "include_dashboard": False,
-        },
-    )
+    instance on the machine: the one this process finds there is put back by `jobs.loopback.cluster_head`)."""
+    cluster = cluster_head(num_cpus=0, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False)
     workers = []
     try:
-        if saved is None:
-            os.remove(address_file)
-        else:
-            Path(address_file).write_text(saved)
         for _ in range(nodes):
             workers.append(
                 cluster.add_node(

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 from sentence_transformers import CrossEncoder
 
 from actors.pool import PoolSpec
@@ -31,7 +30,7 @@ from pipelines.runs import progress
 from pipelines.runs.checkpoint import Checkpoint
 from pipelines.storage import uris
 from schemas.tables import JobFailed
-from tests.conftest import REPO
+from tests.conftest import start_job_on_session
 from tests.pairs_data import WORDS, write_shards
 
 
@@ -129,15 +128,7 @@ def test_a_killed_driver_resumes_from_committed_pieces(ray_session, tmp_path, qw
     out = tmp_path / "out"
     argv = ["--pairs", str(pairs), "--model", str(qwen3_causal), "--output", str(out)]
     argv += ["--run-id", "night1", "--max-length", "64", "--block-rows", "2", "--max-error-rate", "0"]
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "RAY_AUTH_MODE": "token",
-        "PYTHONPATH": str(REPO),
-    }
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.rerank", *argv], cwd=REPO, env=env, start_new_session=True
-    )
+    driver = start_job_on_session("jobs.rerank", argv)
     ckpt = Checkpoint(str(out))
     deadline = time.monotonic() + 240
     while len(ckpt.pieces()) < 3 and driver.poll() is None and time.monotonic() < deadline:

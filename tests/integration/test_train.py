@@ -161,25 +161,13 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it(ray_session, task):
     resumes from it (weights, optimizer, scheduler, step) and trains only the remaining steps."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    import ray
-
-    from tests.conftest import REPO
+    from tests.conftest import start_job_on_session
 
     output = task["tmp"] / "killed"
     argv = train_args(task, output, "--max-steps", str(STEPS))
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "RAY_AUTH_MODE": "token",
-        "PYTHONPATH": str(REPO),
-    }
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.train", *argv], cwd=REPO, env=env, start_new_session=True
-    )
+    driver = start_job_on_session("jobs.train", argv)
     deadline = time.monotonic() + 600
     checkpoints = output / "checkpoints"
     # A checkpoint counts once Ray Train has registered it (its snapshot names it), not when its directory
