@@ -5,7 +5,8 @@ actors only collate and run the model (as Ray Data LLM and NeMo Curator split it
 loads the reranker's preprocessing once (tokenizer, processor, chat template, prompts: the model on the
 meta device, no weight read) and keeps it for every block it is given.
 
-Rows already failed, or answered by the score cache, pass through untouched. A pair that cannot be built
+Rows already failed, or answered by the score cache, pass through untouched (a block of only such rows
+loads nothing). A pair that cannot be built
 or preprocessed becomes an error row (stage `score`). Decoded media and the content columns the later
 stages do not need are dropped here: what travels to the actor is ids, features and the ranked table's
 columns.
@@ -47,6 +48,6 @@ def preprocess_block(
 ) -> pa.Table:
     """A `map_batches` function: the block with `__input_ids`, `__features`, `__tokens` added, failures in
     `__error`, and decoded media plus the columns `drop` removed."""
-    columns = featurize_rows(table, featurizer_for(spec, worker_cls), RowErrors(table, "score"))
+    columns = featurize_rows(table, lambda: featurizer_for(spec, worker_cls), RowErrors(table, "score"))
     gone = {*PAYLOAD_COLUMNS, *drop}
     return replace_columns(table.drop_columns([n for n in table.column_names if n in gone]), columns)

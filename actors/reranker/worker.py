@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,13 +74,22 @@ class RerankWorker:
     write-back, kept on the block's first row for the manifest."""
 
     source: str | None = None  # the fingerprint of the model's bytes as loaded (None: nothing to compare)
+    model = None  # loaded by `load`, on the first block that has a pair to score
 
     def __init__(self, spec: RerankerSpec, torch_threads: int | None = None):
+        self.spec, self.torch_threads = spec, torch_threads
+        self.clock = _Clock()
+
+    def load(self) -> RerankWorker:
+        """Load the model, once, when the first block with a pair to score arrives: an actor whose blocks
+        are all answered by the score cache (an unchanged night) or all failed never reads the weights."""
+        if self.model is not None:
+            return self
         import torch
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.spec = spec
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        spec = self.spec
         self.source = source_fingerprint(spec.model)  # of the bytes about to be loaded; checked per block
         self.model = self.load_model(spec)
         self.device = self.model.device
@@ -89,7 +98,7 @@ class RerankWorker:
         check_labels(spec, self.model.num_labels)
         self.featurize = self.make_featurizer(self.model, self.prompt).with_truncation(spec.truncate)
         self.collate = Collator.probe(self.model, self.prompt)
-        self.clock = _Clock()
+        return self
 
     @classmethod
     def make_featurizer(cls, model, prompt: str | None) -> Featurizer:
@@ -106,7 +115,7 @@ class RerankWorker:
 
     def token_lengths(self, pairs: list) -> np.ndarray:
         """Real tokens per pair after the model's own preprocessing, media tokens included."""
-        features, bad = self.featurize(pairs)
+        features, bad = self.load().featurize(pairs)
         if bad:
             raise ValueError(next(iter(bad.values())))
         return np.asarray([f.tokens for f in features], dtype=np.int64)
@@ -161,10 +170,11 @@ class RerankWorker:
         as the driver computed it for the run; an actor that loaded other bytes fails the run
         (`ModelChanged`) instead of scoring with them. `death_budget`: how often a block may kill its actor
         on a node still alive before the run stops (-1: no limit; deaths with a lost node are free)."""
-        check_loaded(self.spec.model, self.source, fingerprint)
         self.clock = _Clock()
         n = table.num_rows
         errors = RowErrors(table, "score")
+        if any(errors.ok(i) and v is None for i, v in enumerate(column_or_nulls(table, c.ROW_CACHED_SCORE))):
+            check_loaded(self.spec.model, self.load().source, fingerprint)
         scores = np.full(n, np.nan, dtype=np.float32)
         padded = np.zeros(n, dtype=np.int64)
         unsorted_padded = np.zeros(n, dtype=np.int64)
@@ -174,7 +184,7 @@ class RerankWorker:
                 scores[i] = value
         if c.ROW_INPUT_IDS not in table.column_names:  # not through the preprocess stage: made here, once
             t0 = time.perf_counter()
-            table = replace_columns(table, featurize_rows(table, self.featurize, errors))
+            table = replace_columns(table, featurize_rows(table, lambda: self.featurize, errors))
             self.clock.preprocess_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         tokens = table.column(c.ROW_TOKENS).to_numpy().astype(np.int64)
@@ -318,12 +328,15 @@ class _Clock:
         }
 
 
-def featurize_rows(table: pa.Table, featurize: Featurizer, errors: RowErrors) -> dict:
+def featurize_rows(table: pa.Table, featurizer: Callable[[], Featurizer], errors: RowErrors) -> dict:
     """Features (`actors.reranker.features.to_columns`) for the rows of a block still to score (not failed, no
     cached score); rows that cannot be built or preprocessed are failed in `errors` (and returned with
-    its columns)."""
+    its columns). `featurizer()` is called only when there is such a row (it may load the model)."""
     cached = column_or_nulls(table, c.ROW_CACHED_SCORE)
     todo = [i for i in range(table.num_rows) if errors.ok(i) and cached[i] is None]
+    if not todo:
+        return {**to_columns([None] * table.num_rows), **errors.columns()}
+    featurize = featurizer()
     pairs, build_errors = build_pairs(table, todo, featurize.model)
     for i, reason in build_errors.items():
         errors.fail(i, reason)

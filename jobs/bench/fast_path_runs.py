@@ -24,7 +24,7 @@ def fast_path_variants(cfg, work) -> dict:
     variants = {}
     for name, fast in options.items():
         base = dict(score_path="logit", fp32_head=False, prefix_reuse=False)
-        variants[name] = (RerankWorker(cfg.spec(**{**base, **fast})), subset)
+        variants[name] = (RerankWorker(cfg.spec(**{**base, **fast})).load(), subset)
     variants["default@short"] = (variants["default"][0], short)
     variants["prefix_reuse@short"] = (variants["prefix_reuse"][0], short)
     return variants

@@ -165,6 +165,7 @@ class TimedRerankWorker(RerankWorker):
 
         started = time.time()
         super().__init__(spec, torch_threads)
+        self.load()
         self.score_batch(self.featurize([("warm-up query", "warm-up document")])[0])
         self._clock = ray.get_actor(CLOCK_NAME, namespace=CLOCK_NAMESPACE)
         ray.get(self._clock.record.remote("ready", started, time.time(), 0, 0.0, os.nice(0), os.getpid()))

@@ -157,7 +157,7 @@ def test_worker_with_fast_paths_equals_predict(request, model_fixture, fast):
     pairs = skewed_pairs()
     order = np.random.default_rng(3).permutation(len(pairs))  # queries interleaved within the block
     pairs = [pairs[i] for i in order]
-    worker = RerankWorker(RerankerSpec(model=str(model_dir), batch_tokens=200, **fast).validate())
+    worker = RerankWorker(RerankerSpec(model=str(model_dir), batch_tokens=200, **fast).validate()).load()
     prefix_batches = []
     if worker.prefix is not None:
         score = worker.prefix.score

@@ -234,7 +234,9 @@ def test_a_pair_that_kills_its_actor_is_isolated_or_named(ray_session, tmp_path,
     table = poison_pairs()
     pairs = write_shards(table, tmp_path / "pairs", shards=1)
     spec = RerankerSpec(model=str(qwen3_causal), max_length=64)
-    retries = PoolSpec(block_rows=8, max_restarts=8, max_task_retries=8)
+    # Blocks of 2 rows: the poison's block dies once, then the poison dies alone twice (each death is an
+    # actor restart, ~10 s on 2 cores); the bisection of bigger blocks is the quarantine's unit test.
+    retries = PoolSpec(block_rows=2, max_restarts=8, max_task_retries=8)
     cfg = RerankConfig(
         pairs=str(pairs), output=str(tmp_path / "out"), reranker=spec, pool=retries, max_error_rate=0.1
     )

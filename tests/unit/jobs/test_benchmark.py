@@ -88,7 +88,7 @@ def _in_process_pipeline(rcfg, work, pairs_dir, output):
 
     from actors.reranker.worker import RerankWorker
 
-    timed = bench_methods.worker_variant(RerankWorker(rcfg.reranker), pq.read_table(pairs_dir))
+    timed = bench_methods.worker_variant(RerankWorker(rcfg.reranker).load(), pq.read_table(pairs_dir))
     timed.extra = {"wall_s": 2.0, "startup_s": 1.0, "excl_startup_s": 1.0, "scoring_span_s": timed.seconds}
     return timed
 

@@ -107,7 +107,7 @@ def test_with_the_flag_it_loads_scores_as_predict_and_warns_once(tmp_path, remot
     warnings = [r for r in caplog.records if "trust_remote_code is on" in r.getMessage()]
     assert len(warnings) == 1 and str(remote_model) in warnings[0].getMessage()
 
-    worker = RerankWorker(spec)
+    worker = RerankWorker(spec).load()
     assert type(worker.model[0].auto_model).__name__ == "TinyRemoteForCausalLM"
     scored = worker(validate_pairs(pa.Table.from_pylist(PAIRS)))
     want = CrossEncoder(str(remote_model), trust_remote_code=True).predict(
