@@ -63,11 +63,12 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     layout = RunLayout(cfg.output, cfg.run_id or new_run_id())
     finish_replacing(layout)  # an overwrite whose driver died while moving its complete attempt into place
     refuse_existing_run(cfg, layout)
-    if uris.exists(layout.run_dir) and cfg.mode == "overwrite":
-        # The run stays in place (and published) until the new attempt is complete (`replace_run`).
+    overwriting = uris.exists(layout.run_dir) and cfg.mode == "overwrite"
+    if (
+        overwriting
+    ):  # the run stays in place (and published) until the new attempt is complete (`replace_run`)
         layout = layout.overwrite_attempt()
-        uris.remove(layout.run_dir)  # an earlier overwrite attempt that did not finish starts afresh
-    if uris.exists(layout.manifest):
+    elif uris.exists(layout.manifest):
         manifest = uris.read_json(layout.manifest)
         if manifest.get("published", True) and publish_decision(layout) is None:
             publish_latest(layout.root, layout.run_id)  # a run killed between its manifest and LATEST
@@ -76,6 +77,12 @@ def run_refresh(cfg: RefreshConfig, *, embed_worker_cls=EmbedWorker, rerank_work
     files = [*inputs.corpus_files, *inputs.query_files, *([q] if (q := qrels_path(cfg)) else [])]
     lease = Lease(layout.run_dir, file=NIGHT_LEASE, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_heartbeat_s)
     with lease:  # one driver per night; its rerank stage holds its own lease inside the run directory
+        if overwriting:  # an earlier attempt that did not finish starts afresh: cleared only under the lease,
+            for name in uris.list_names(
+                layout.run_dir
+            ):  # so a live attempt is never removed under its driver
+                if name != NIGHT_LEASE:
+                    uris.remove(uris.join(layout.run_dir, name))
         identity = cfg.identity(files, instructions=inputs.instructions)
         check_identity(layout.run_dir, layout.run_id, identity, record_file=NIGHT_RECORD)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,3 +89,29 @@ def test_a_second_driver_on_the_same_night_is_refused(night):
     pipeline.run_refresh(cfg)  # once it is gone
     assert ran == ["night1"]
     assert mark_started(layout) is not None
+
+
+def test_a_second_overwrite_never_clears_the_attempt_a_live_driver_is_writing(night, monkeypatch):
+    cfg, _, _ = night
+    pipeline.run_refresh(cfg)  # the run to overwrite
+    overwrite = RefreshConfig(**{**cfg.__dict__, "mode": "overwrite"})
+    attempt = RunLayout(cfg.output, "night1").overwrite_attempt()
+    progress = Path(attempt.run_dir) / "_stages" / "embed_corpus.json"
+    progress.parent.mkdir(parents=True)
+    progress.write_text("{}")  # what the first overwrite driver has done so far
+    first = Lease(attempt.run_dir, holder="other-host:42", file=pipeline.NIGHT_LEASE, interrupt=False)
+    with first, pytest.raises(InputError, match=r"being written by another driver \(other-host:42"):
+        pipeline.run_refresh(overwrite)
+    assert progress.exists(), "the live driver's attempt is left alone"
+
+    # Once that driver is gone, its unfinished attempt starts afresh under the new driver's lease.
+    seen = []
+
+    def run(self, *workers):
+        seen.append(sorted(p.name for p in Path(self.layout.run_dir).iterdir()))
+        return {"published": False}
+
+    monkeypatch.setattr(pipeline._Night, "run", run)
+    monkeypatch.setattr(pipeline._Night, "publish", lambda self, manifest: manifest)
+    pipeline.run_refresh(overwrite)
+    assert seen == [["_night.json", pipeline.NIGHT_LEASE]], "only the new lease and identity record"
