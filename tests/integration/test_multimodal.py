@@ -414,7 +414,7 @@ def test_audio_pairs_with_a_model_directory_without_modules_json(
 
 def test_token_lengths_include_media_tokens(tiny_qwen2vl, tiny_qwen2audio):
     """The worker's lengths (sorting, token budget) count the tokens a media item expands to."""
-    worker = RerankWorker(RerankerSpec(model=str(tiny_qwen2vl.st)))
+    worker = RerankWorker(RerankerSpec(model=str(tiny_qwen2vl.st))).load()
     processor = worker.model[0].processor
     small, large = Image.new("RGB", (56, 56), "red"), Image.new("RGB", (112, 112), "red")
     rng = np.random.default_rng(0)
