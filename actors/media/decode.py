@@ -8,6 +8,10 @@ that would decode huge is refused at the cost of reading its header. Audio and v
 when they are one of the allowed containers (`actors.media.containers`): never a manifest or playlist that
 would make FFmpeg open the URLs or files it names. Audio is decoded only up to its caps
 (plus a second, to tell a clip over them), whatever its header claims.
+
+The stage never calls `decode` in its own process: the child of `actors.media.sandbox` runs it, under the
+decode deadline, so that a decoder crashing or running on costs its reference and not the worker. The
+caps here bound what a decode produces; the child bounds its time and what its crash can take down.
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ generator `map_batches(batch_format="pyarrow")` function: for every media column
 `candidate_video`, ...) it fetches each distinct reference of the block once (fsspec; http(s) under the
 address policy of `actors.media.address_policy`), concurrently, each under a deadline and a byte cap, decodes it
 (PIL for images; torchcodec for audio and video) under the decode caps, and writes the decoded payload
-(see `actors.media.codec`) into the internal column `__<column>`. A reference that cannot be used marks
-its rows with `__error` / `__stage = "media"` and a reason that names the column, the reference and what
-went wrong; the other rows go on to be scored.
+(see `actors.media.codec`) into the internal column `__<column>`. Decoding runs in a child process
+(`actors.media.sandbox`) killed at the decode deadline, so a decoder that crashes or runs on costs its
+reference, not the worker. A reference that cannot be used marks its rows with `__error` /
+`__stage = "media"` and a reason that names the column, the reference and what went wrong; the other rows
+go on to be scored.
 
 Memory is bounded per block, not only per item: rows are decoded in order and their payloads held under
 `media_block_bytes` (`actors.media.payloads`); when the next item would take the block over it, the rows
@@ -17,8 +19,8 @@ bytes waiting to be decoded are bounded too. `resolve_media` is the same stage r
 
 This module is the stage and its concurrency (fetch threads that end by their deadline and are joined,
 a watchdog on each fetch's deadline). Fetching one reference lives in `actors.media.fetch`, decoding in
-`actors.media.decode`, and the spec with its error type in `actors.media.spec`; `MediaSpec` and
-`fetch_bytes` are re-exported here.
+`actors.media.decode` (which the child of `actors.media.sandbox` runs), and the spec with its error type in
+`actors.media.spec`; `MediaSpec` and `fetch_bytes` are re-exported here.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from actors.media.decode import decode
 from actors.media.fetch import connect_clients, fetch_bytes
 from actors.media.payloads import BlockPayloads, npy_header
+from actors.media.sandbox import SANDBOX
 from actors.media.spec import MediaError, MediaSpec
 from actors.rows import RowErrors, column_or_nulls, replace_columns
 from schemas import columns as c
@@ -95,7 +97,7 @@ def resolve_media_blocks(table: pa.Table, spec: MediaSpec) -> Iterator[pa.Table]
                     continue
                 data = fetcher.take(ref)
                 for modality, columns in plan.uses[ref].items():
-                    result = data if isinstance(data, MediaError) else decode(modality, data, spec)
+                    result = data if isinstance(data, MediaError) else SANDBOX.decode(modality, data, spec)
                     if isinstance(result, MediaError):
                         plan.failed.update({(col, ref): result for col in columns})
                         continue

@@ -17,8 +17,11 @@ class MediaError(Exception):
 
 
 # A task that handles untrusted bytes (fetch, decode, preprocess) is retried this many times when its worker
-# dies, not forever as Ray Data's tasks are by default: a reference that keeps crashing its worker ends
-# the job instead of looping. Room for a few node losses besides.
+# dies, not forever as Ray Data's tasks are by default. A reference that crashes its decoder no longer
+# kills the worker (decoding runs in a child process, `actors.media.sandbox`: the crash is that reference's
+# error row), so these retries see what is not one reference's fault: a lost node, a worker killed for
+# memory. What still runs untrusted input in the worker (the model's preprocessing) is bounded here too:
+# input that keeps killing it ends the job instead of looping.
 UNTRUSTED_TASK_RETRIES = 4
 SCORE_FIELDS = ("audio_sample_rate",)  # every other setting refuses an item or not; none changes its content
 
@@ -35,6 +38,11 @@ class MediaSpec:
         30.0, flag="media-timeout", help="seconds allowed to fetch one reference, connect to last byte"
     )
     max_bytes: int = setting(64_000_000, flag="max-media-bytes", help="largest reference fetched, in bytes")
+    decode_timeout_s: float = setting(
+        60.0,
+        flag="decode-timeout",
+        help="seconds allowed to decode one fetched reference (in a child process, killed when over)",
+    )
     max_decoded_bytes: int = setting(
         96_000_000,
         help="largest decoded item, in bytes, computed from its header before decoding (width x height x 3 "
@@ -119,8 +127,9 @@ class MediaSpec:
     def task_memory(self) -> int:
         """Bytes a media task asks Ray for: the output block being built and the one before it, which Ray
         may still hold while it gathers output (2 x `media_block_bytes`), one item being decoded (the
-        decoder's frames and the payload: 2 x `max_decoded_bytes`), and the fetched files waiting to be
-        decoded (`fetch_threads` x `max_bytes`, a worst case)."""
+        decoder's frames, in the task's decoding child, and the payload the task receives: 2 x
+        `max_decoded_bytes`), and the fetched files waiting to be decoded (`fetch_threads` x `max_bytes`, a
+        worst case)."""
         return 2 * self.media_block_bytes + 2 * self.max_decoded_bytes + self.fetch_threads * self.max_bytes
 
     def to_dict(self) -> dict[str, Any]:

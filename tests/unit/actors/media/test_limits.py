@@ -192,8 +192,9 @@ MEASURE = textwrap.dedent(
 
 def measure(refs: list[str], budget: int) -> dict:
     """Peak memory of the media stage on one block, in a fresh process: how far its resident set grew
-    above where it stood before the block (everything: fetched bytes, Pillow's pixels, decoded arrays, the
-    payload buffers), and tracemalloc's peak of the Python allocations among them."""
+    above where it stood before the block (everything the stage's process holds: fetched bytes, the decoded
+    arrays the decoding child sends, the payload buffers; Pillow's pixels are the child's), and tracemalloc's
+    peak of the Python allocations among them."""
     run = subprocess.run(
         [sys.executable, "-c", MEASURE, json.dumps(refs), str(budget)],
         capture_output=True,
@@ -209,9 +210,10 @@ def test_peak_memory_of_a_block_stays_under_the_budget_plus_a_margin(medium_imag
     refs = [str(p) for p in medium_images]
     decoded = sum(decoded_size(i) for i in range(IMAGES))
     encoded = max(p.stat().st_size for p in medium_images)
-    # The margin: the fetch window (4 encoded files waiting to be decoded), one image being decoded
-    # (Pillow's RGB pixels, the array, their copy into the block: 3 x 2.2 MB) and 8 MB for the
-    # allocators' own slack and table metadata.
+    # The margin: the fetch window (4 encoded files waiting to be decoded), one image on its way into the
+    # block (the decoding child's reply and its copy into the block, with room for one more: 3 x 2.2 MB;
+    # Pillow's pixels are the child's, not counted here) and 8 MB for the allocators' own slack and table
+    # metadata.
     margin = 4 * encoded + 3 * decoded_size(IMAGES) + 8_000_000
     bounded = measure(refs, BUDGET)
     unbounded = measure(refs, 128_000_000)
@@ -223,7 +225,8 @@ def test_peak_memory_of_a_block_stays_under_the_budget_plus_a_margin(medium_imag
     print(f"budget + margin = {(BUDGET + margin) / 1e6:.1f} MB")
     assert bounded["blocks"] >= 5 and unbounded["blocks"] == 1
     assert bounded["rss_growth"] <= BUDGET + margin
-    assert unbounded["rss_growth"] > decoded  # the same block without a budget holds all of it at once
+    # The same block without a budget holds all of it at once (about that much: decoding is the child's).
+    assert unbounded["rss_growth"] > 0.9 * decoded
 
 
 # ------------------------------------------------------------------------------ not regular files
