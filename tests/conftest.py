@@ -16,6 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Every Ray process of the session, and every job the tests start, talks over loopback only (jobs.loopback);
 # set before anything imports Ray.
 keep_local_ray_on_loopback()
+# The media decoder honours its test faults (two magic payloads that crash or hang it: actors.media.sandbox)
+# in every worker of the session, so a test can feed a job a reference that crashes its decoder.
+os.environ["RERANK_TEST_DECODE_FAULTS"] = "1"
 # As with an activated virtualenv: `python` in a submitted job's entrypoint is this interpreter.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 

@@ -180,7 +180,9 @@ def test_dash_manifests_served_as_media_are_error_rows_and_open_nothing(
 ):
     """Manifests served (as .mp4 and .m4a) from an allowed server name a second loopback server the policy
     refuses, and a server that never answers: FFmpeg would fetch what they name, outside the address policy,
-    the caps and the deadline. Each is an error row, nothing they name is contacted, the run finishes."""
+    the caps and the deadline. Each is an error row, nothing they name is contacted, the run finishes. Beside
+    them, a reference that crashes its decoder and one whose decode never ends (the test faults of
+    `actors.media.sandbox`) are error rows too: the worker survives both and nothing is retried."""
     import time
 
     from tests.integration.test_multimodal import video
@@ -216,11 +218,21 @@ def test_dash_manifests_served_as_media_are_error_rows_and_open_nothing(
                 reason = f"candidate_{modality} '{ref}': cannot decode as {modality}: not a supported {modality} container {DASH}"
                 qid = "a" if modality == "audio" else "v"
                 rows.append(bad(qid, name, "media", reason, query_text=Q, **{f"candidate_{modality}": ref}))
-            spec = MediaSpec(timeout_s=5.0, allow_networks=("127.0.0.1/32",))
+            (d / "crash.png").write_bytes(b"RERANK-TEST-CRASH")
+            (d / "hang.png").write_bytes(b"RERANK-TEST-HANG")
+            for name, reason in (
+                ("crash.png", "the decoder crashed (killed by SIGABRT)"),
+                ("hang.png", "decoding took longer than 3 s"),
+            ):
+                ref = f"{base}/{name}"
+                why = f"candidate_image '{ref}': {reason}"
+                rows.append(bad("v", name, "media", why, query_text=Q, candidate_image=ref))
+            spec = MediaSpec(timeout_s=5.0, decode_timeout_s=3.0, allow_networks=("127.0.0.1/32",))
             began = time.monotonic()
             run_and_check(tmp_path / "run", rows, tiny_qwen2vl.st, reference, spec)
             elapsed = time.monotonic() - began
-        assert sorted(r["path"] for r in first.requests) == sorted(["/clip.mp4", *(f"/{n}" for n in targets)])
+        served = ["/clip.mp4", "/crash.png", "/hang.png", *(f"/{n}" for n in targets)]
+        assert sorted(r["path"] for r in first.requests) == sorted(served), "each fetched once: no retry"
         assert second.requests == []
     assert not silent_connected()
     print(f"\n4 manifests refused, 1 video scored, in {elapsed:.1f} s")
