@@ -50,9 +50,11 @@ def fresh(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def list_names(directory: str) -> list[str]:
     """The names directly in `directory` (none when it does not exist), listed fresh."""
     fs, path = fresh(directory)
-    if not fs.exists(path):
+    try:
+        names = fs.ls(path, detail=False, refresh=True)
+    except FileNotFoundError:  # never created, or removed (on object storage: its last object deleted)
         return []
-    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False, refresh=True))
+    return sorted(posixpath.basename(p.rstrip("/")) for p in names)
 
 
 def qualify(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -4,8 +4,8 @@ module. Jobs run as subprocesses joined with `--ray-address`; the pytest process
 
 - a local `--output` that the other nodes do not share is refused in one line (exit 2), and one they share
   is accepted;
-- the worker node running the preprocess tasks, and separately the node running the scoring actor, removed
-  mid-run without warning and replaced: the job completes on s3://, nothing lost or duplicated, scores equal
+- the worker node running the preprocess tasks, the node running the media tasks of image pairs, and
+  separately the node running the scoring actor, removed mid-run without warning and replaced: the job completes on s3://, nothing lost or duplicated, scores equal
   `CrossEncoder.predict`;
 - a driver killed mid-run on s3:// (progress every second) resumes from the committed pieces.
 """
@@ -167,22 +167,49 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout_s: float = 12
             )
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail(f"timed out waiting for {what}")
+    out, err = proc.communicate()
+    pytest.fail(f"timed out waiting for {what}:\n{out[-3000:]}\n{err[-3000:]}")
 
 
-def run_losing_a_node(cluster: LocalCluster, s3: dict, tmp_path: Path, model: Path, which: str) -> dict:
-    """Start a run on s3://, wait until the scoring actor committed a few pieces, remove (ungracefully) the
-    node `which` names ("actor": the scoring actor's; "tasks": the other worker's, which runs the read and
-    preprocess tasks), add a replacement node, and check the run completes exactly. Returns the manifest."""
-    table = plain_pairs(12, 24)  # 288 pairs, 72 blocks of 4
+def decoders() -> set[int]:
+    """Pids of the media decoding children (`actors.media.sandbox`) running on this machine."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"actors.media.sandbox" in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def run_losing_a_node(
+    cluster: LocalCluster,
+    s3: dict,
+    tmp_path: Path,
+    model: Path,
+    which: str,
+    table: pa.Table | None = None,
+    options: list[str] = FAST,
+    media: bool = False,
+) -> str:
+    """Start a run on s3://, wait until the scoring actor committed a few pieces (`media`: until a media
+    task decodes its first image), remove (ungracefully) the node `which` names ("actor": the scoring
+    actor's; else the other worker's, which runs the read, media and preprocess tasks), add a replacement
+    node, and check the run completes. Returns the output."""
+    table = plain_pairs(12, 24) if table is None else table  # 288 pairs, 72 blocks of 4
     pairs = put_pairs(table, tmp_path / "pairs", f"{which}/pairs")
     out = f"s3://{BUCKET}/{which}/out"
-    argv = ["--pairs", pairs, "--model", str(model), "--output", out, "--run-id", which, *FAST]
+    argv = ["--pairs", pairs, "--model", str(model), "--output", out, "--run-id", which, *options]
     argv += ["--block-rows", "4", "--max-error-rate", "0"]
+    before = decoders()
     proc = start_job(cluster, argv, aws=s3)
     ckpt = Checkpoint(out)
     actor = wait_for(lambda: cluster.actor_nodes("MapWorker"), proc, "the scoring actor started")
-    wait_for(lambda: len(ckpt.pieces()) >= 3, proc, "three pieces were committed")
+    if media:  # the first decoding child of this job: media tasks are fetching and decoding
+        wait_for(lambda: decoders() - before, proc, "a media task decoded", timeout_s=300)
+    else:
+        wait_for(lambda: len(ckpt.pieces()) >= 3, proc, "three pieces were committed")
     (actor_node,) = actor
     victim = actor_node if which == "actor" else next(n for n in cluster.workers if n != actor_node)
     cluster.remove_worker(victim)
@@ -190,15 +217,46 @@ def run_losing_a_node(cluster: LocalCluster, s3: dict, tmp_path: Path, model: Pa
     code, stdout, err = finish(proc)
     assert code == 0, f"{stdout[-3000:]}\n{err[-3000:]}"
     assert len(ckpt.pieces()) == 0  # removed once the run is complete
-    return assert_ranked_once_equal_to_predict(out, table, model)
+    return out
 
 
 def test_losing_the_preprocess_node_mid_run_costs_nothing(ray_cluster, s3, tmp_path, qwen3_causal):  # noqa: F811
-    run_losing_a_node(ray_cluster, s3, tmp_path, qwen3_causal, "tasks")
+    out = run_losing_a_node(ray_cluster, s3, tmp_path, qwen3_causal, "tasks")
+    assert_ranked_once_equal_to_predict(out, plain_pairs(12, 24), qwen3_causal)
+
+
+def test_losing_the_media_node_mid_run_costs_nothing(ray_cluster, s3, tmp_path, tiny_qwen2vl):  # noqa: F811
+    """Image pairs: the node fetching and decoding the images (the media tasks, each decoding in its own
+    child process) removed mid-run; every pair is still scored once, as predict scores it."""
+    from PIL import Image
+
+    from tests.media_files import make_image
+
+    colours = ["red", "green", "blue", "yellow", "white", "black"]
+    images = [make_image(tmp_path / "media" / f"{c}.png", colour=c) for c in colours]
+    rows = [
+        {"query_id": f"q{i}", "candidate_id": f"d{j}", "query_text": f"query {i}", "candidate_image": str(p)}
+        for i in range(12)
+        for j, p in enumerate(images[k % 6] for k in range(i, i + 24))
+    ]
+    table = pa.Table.from_pylist(rows)
+    untruncated = FAST[: FAST.index("--max-length")] + FAST[FAST.index("--max-length") + 2 :]
+    out = run_losing_a_node(
+        ray_cluster, s3, tmp_path, tiny_qwen2vl.st, "media", table, untruncated, media=True
+    )
+    ranked = read_table(uris.join(out, "ranked")).to_pylist()
+    assert read_table(uris.join(out, "errors")).num_rows == 0
+    key = lambda r: (r["query_id"], r["candidate_id"])  # noqa: E731
+    assert sorted(map(key, ranked)) == sorted(map(key, rows)), "lost or duplicated"
+    by_key = {key(r): r for r in rows}
+    pairs = [(r["query_text"], Image.open(by_key[key(r)]["candidate_image"]).convert("RGB")) for r in ranked]
+    want = CrossEncoder(str(tiny_qwen2vl.st)).predict(pairs, batch_size=8)
+    np.testing.assert_allclose([r["score"] for r in ranked], want, atol=1e-5, rtol=0)
 
 
 def test_losing_the_scoring_actor_node_mid_run_costs_nothing(ray_cluster, s3, tmp_path, qwen3_causal):  # noqa: F811
-    manifest = run_losing_a_node(ray_cluster, s3, tmp_path, qwen3_causal, "actor")
+    out = run_losing_a_node(ray_cluster, s3, tmp_path, qwen3_causal, "actor")
+    manifest = assert_ranked_once_equal_to_predict(out, plain_pairs(12, 24), qwen3_causal)
     # Blocks the actor was scoring when its node went (none when it was between blocks) were retried
     # without counting against their budget: every restart the manifest counts is the lost node's.
     faults = manifest["faults"]
