@@ -85,6 +85,13 @@ def summary(manifest: dict, output: str) -> str:
             "(selected)"
         )
     out = output.rstrip("/")
+    fusion = manifest.get("fusion")
+    if fusion:
+        lines.append(
+            f"fusion weight {fusion['weight']:.2f} (nDCG@10 {fusion['ndcg@10']:.4f}; reranker alone "
+            f"{fusion['reranker_alone_ndcg@10']:.4f}, retrieval alone {fusion['retrieval_alone_ndcg@10']:.4f}) "
+            f"tuned on the evaluation queries: {out}/model/fusion.json, read by jobs.rerank --fuse linear"
+        )
     lines.append(f"model: {out}/model   manifest: {out}/train_manifest.json")
     return "\n".join(lines)
 

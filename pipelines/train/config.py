@@ -87,7 +87,8 @@ class TrainConfig:
         None,
         metavar="MODEL",
         help="a SentenceTransformer that mines hard negatives (embedded on the driver); without it every "
-        "negative is random",
+        "negative is random. With --eval-queries its retrieval scores also tune the linear fusion weight "
+        "written to DIR/model/fusion.json",
     )
     hard_negatives: int = setting(
         3, help="hard negatives per positive, mined with --embed-model (random ones without it)"

@@ -33,6 +33,11 @@ class RerankEvaluator(BaseEvaluator):
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict:
         qids = self.candidates.column("query_id").to_pylist()
         dids = self.candidates.column("doc_id").to_pylist()
+        return self.metrics(qids, dids, self.scores(model).astype(np.float64))
+
+    def scores(self, model) -> np.ndarray:
+        """Every candidate's score, one per row of `candidates`: `CrossEncoder.predict` with the prompt
+        scoring uses, as float32 (what a scoring job writes as `score`)."""
         pairs = list(
             zip(
                 self.candidates.column(QUERY).to_pylist(),
@@ -41,7 +46,7 @@ class RerankEvaluator(BaseEvaluator):
             )
         )
         scores = model.predict(pairs, prompt=self.prompt, batch_size=PREDICT_BATCH, show_progress_bar=False)
-        return self.metrics(qids, dids, np.asarray(scores, dtype=np.float64).reshape(-1))
+        return np.asarray(scores, dtype=np.float32).reshape(-1)
 
     def metrics(self, qids: list[str], dids: list[str], scores: np.ndarray) -> dict[str, float]:
         by_query: dict[str, list[int]] = {}

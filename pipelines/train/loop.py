@@ -67,13 +67,15 @@ def train_loop(config: dict) -> None:
         evaluator = RerankEvaluator(cfg.eval_candidates, cfg.eval_qrels, prompt)
     output_dir = tempfile.mkdtemp(prefix="ray-rerank-train-")
     checkpoint = ray.train.get_checkpoint()
+    dataset = train_dataset(cfg)
+    facts = RunFacts(world, prompt, resuming=checkpoint is not None, batching=batching(cfg, dataset))
     trainer = CrossEncoderTrainer(
         model=model,
         args=training_arguments(cfg, output_dir, world, prompt, evaluator is not None),
-        train_dataset=train_dataset(cfg),
+        train_dataset=dataset,
         loss=make_loss(model, cfg),
         evaluator=evaluator,
-        callbacks=[RunFacts(world, prompt, resuming=checkpoint is not None), RayTrainReportCallback()],
+        callbacks=[facts, RayTrainReportCallback()],
     )
     trainer = prepare_trainer(trainer)
     try:
@@ -126,6 +128,15 @@ def train_dataset(cfg: LoopConfig):
     return Dataset.from_dict(listwise(cfg.pairs))
 
 
+def batching(cfg: LoopConfig, dataset) -> dict:
+    """What one training example is, as the trainer gets them: a pair (bce), or one query's documents
+    as one list (listwise losses), with the smallest and largest list."""
+    if cfg.loss == "bce":
+        return {"example": "pair", "examples": len(dataset)}
+    sizes = [len(docs) for docs in dataset[DOCUMENT]]
+    return {"example": "query list", "examples": len(dataset), "documents_per_list": [min(sizes), max(sizes)]}
+
+
 def make_loss(model, cfg: LoopConfig):
     import torch
     from sentence_transformers.cross_encoder import losses
@@ -141,14 +152,41 @@ def make_loss(model, cfg: LoopConfig):
 
 class RunFacts(TrainerCallback):
     """Records, in the trainer's log history (so in every reported metrics dict and in each checkpoint's
-    trainer_state.json), the DDP world size the loop saw, the prompt training applied and, for a resumed
-    run, the step it resumed from."""
+    trainer_state.json), the DDP world size the loop saw, the prompt training applied, what one training
+    example is (`batching`) and, for a resumed run, the step it resumed from. With several workers, before
+    each checkpoint is saved, whether every worker holds the same weights (`replicas_in_sync`: one DDP
+    group keeps them identical; lone processes, or a model DDP does not wrap, drift apart)."""
 
-    def __init__(self, world: int, prompt: str | None, resuming: bool):
-        self.world, self.prompt, self.resuming = world, prompt, resuming
+    def __init__(self, world: int, prompt: str | None, resuming: bool, batching: dict | None = None):
+        self.world, self.prompt, self.resuming, self.batching = world, prompt, resuming, batching or {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         facts = {"world_size": self.world, "prompt": self.prompt or "", "step": state.global_step}
+        facts["batching"] = {**self.batching, "per_worker_batch": args.per_device_train_batch_size}
         if self.resuming:
             facts["resumed_from_step"] = state.global_step
         state.log_history.append(facts)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.world > 1 and control.should_save and model is not None:  # every rank saves this step
+            digests = gather_digests(model, self.world)
+            state.log_history.append(
+                {"step": state.global_step, "replicas_in_sync": all(d == digests[0] for d in digests)}
+            )
+
+
+def gather_digests(model, world: int) -> list[tuple[float, ...]]:
+    """Every worker's parameter digest (in float64 on the model's device: the sum, the sum of squares and
+    a sum weighted by each tensor's position), gathered across the DDP group: equal weights give equal
+    digests, a weight one float32 step apart a different one."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        total = torch.zeros(3, dtype=torch.float64, device=next(model.parameters()).device)
+        for i, p in enumerate(model.parameters()):
+            values = p.detach().to(torch.float64)
+            total += torch.stack([values.sum(), (values * values).sum(), values.sum() * (i + 1)])
+    gathered = [torch.empty_like(total) for _ in range(world)]
+    dist.all_gather(gathered, total)
+    return [tuple(t.tolist()) for t in gathered]

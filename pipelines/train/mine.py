@@ -1,6 +1,8 @@
 """Hard-negative mining with the project's own retrieval: a SentenceTransformer embeds the corpus and the
 queries (`encode_document` / `encode_query`, the model's own prompts, as `jobs.refresh` embeds), and the
-exact top-k by cosine similarity is taken with the refresh's own top-k (ties by doc id).
+exact top-k by cosine similarity is taken with the refresh's own top-k (ties by doc id). Each retrieved
+document keeps its cosine similarity (float32, as the refresh's `retrieval_score`): the evaluation candidates
+carry it, and the trained model's fusion weight is tuned on it (`pipelines.train.fusion`).
 
 Runs in the driver process, on whatever device it has: meant for training sets whose corpus fits in one
 process (thousands to a few hundred thousand documents). A bigger corpus should be retrieved by
@@ -26,8 +28,9 @@ def mine(
     query_ids: Sequence[str],
     spec: EmbedderSpec,
     depth: int,
-) -> dict[str, list[str]]:
-    """query id -> the ids of its `depth` most similar documents, best first."""
+) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    """(query id -> the ids of its `depth` most similar documents, best first; query id -> their cosine
+    similarities, in the same order)."""
     model = load_sentence_transformer(spec)
     doc_ids = sorted(docs)
     d = model.encode_document(
@@ -40,9 +43,11 @@ def mine(
         show_progress_bar=False,
     )
     dm, qm = prepare_matrix(np.asarray(d), "cosine"), prepare_matrix(np.asarray(q), "cosine")
-    out: dict[str, list[str]] = {}
+    ranked: dict[str, list[str]] = {}
+    similarity: dict[str, list[float]] = {}
     for start in range(0, len(query_ids), QUERY_CHUNK):
-        scores = qm[start : start + QUERY_CHUNK] @ dm.T
+        scores = (qm[start : start + QUERY_CHUNK] @ dm.T).astype(np.float32)
         for row, positions in enumerate(topk_positions(scores, min(depth, len(doc_ids)))):
-            out[query_ids[start + row]] = [doc_ids[p] for p in positions]
-    return out
+            ranked[query_ids[start + row]] = [doc_ids[p] for p in positions]
+            similarity[query_ids[start + row]] = scores[row, positions].tolist()
+    return ranked, similarity

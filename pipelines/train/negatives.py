@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from schemas.columns import RETRIEVAL_SCORE
 from schemas.qrels import Qrels
 
 QUERY, DOCUMENT, LABEL = "query", "document", "label"  # what the trainer reads, in this order
@@ -41,6 +42,7 @@ EVAL_SCHEMA = pa.schema(
         pa.field("doc_id", pa.string()),
         pa.field(QUERY, pa.string()),
         pa.field(DOCUMENT, pa.string()),
+        pa.field(RETRIEVAL_SCORE, pa.float32()),  # the miner's similarity; null without mining
     ]
 )
 RANDOM_TRIES = 20  # draws per wanted random negative before falling back to a scan of the corpus
@@ -155,10 +157,13 @@ def eval_candidates(
     mined: Mapping[str, Sequence[str]] | None,
     n: int,
     seed: int,
+    similarity: Mapping[str, Sequence[float]] | None = None,
 ) -> pa.Table:
     """The documents each evaluation query's reranking is scored on: its mined top `n` as retrieved (a
     relevant document retrieval missed stays missed), or without mining its judged documents plus random
-    ones up to `n` (an easier, optimistic list: good for picking a checkpoint, not for reporting)."""
+    ones up to `n` (an easier, optimistic list: good for picking a checkpoint, not for reporting).
+    `similarity`: the mined documents' retrieval scores, in `mined`'s order (the `retrieval_score` column;
+    null without)."""
     rng = random.Random(seed + 1)
     doc_ids = sorted(docs)
     rows: dict[str, list] = {name: [] for name in EVAL_SCHEMA.names}
@@ -166,12 +171,17 @@ def eval_candidates(
         if q not in queries:
             continue
         if mined is not None:
-            chosen = [d for d in mined.get(q, ())[:n] if d in docs]
+            found = (similarity or {}).get(q, ())
+            chosen = [
+                (d, found[i] if i < len(found) else None)
+                for i, d in enumerate(mined.get(q, ())[:n])
+                if d in docs
+            ]
         else:
             judged = sorted(d for d in qrels[q] if d in docs)[:n]
             _, extra = sample_negatives(0, n - len(judged), (), doc_ids, set(judged), rng)
-            chosen = judged + extra
-        for d in chosen:
-            for name, value in zip(EVAL_SCHEMA.names, (q, d, queries[q], docs[d]), strict=True):
+            chosen = [(d, None) for d in judged + extra]
+        for d, score in chosen:
+            for name, value in zip(EVAL_SCHEMA.names, (q, d, queries[q], docs[d], score), strict=True):
                 rows[name].append(value)
     return pa.table(rows, schema=EVAL_SCHEMA)

@@ -3,7 +3,9 @@ group of `--workers`) ─► the best checkpoint exported as `DIR/model/` ─►
 
 DIR layout (local or s3://):
 
-    DIR/model/               the trained CrossEncoder (`jobs.rerank --model DIR/model`)
+    DIR/model/               the trained CrossEncoder (`jobs.rerank --model DIR/model`), with `fusion.json`
+                             (the linear fusion weight, tuned on the evaluation queries) when the run has
+                             evaluation queries and mines with --embed-model (`pipelines.train.fusion`)
     DIR/train_manifest.json  base model fingerprint, data identity, settings, steps, evaluation curve
     DIR/checkpoints/train/   Ray Train's run: checkpoints, the latest of which a restarted run resumes from
     DIR/data/                the training pairs and evaluation candidates, as trained on (Parquet)
@@ -27,6 +29,7 @@ from pipelines.runs.info import library_versions, model_fingerprint
 from pipelines.storage import uris
 from pipelines.storage.tables import write_file
 from pipelines.train.config import SELECT_METRIC, TrainConfig
+from pipelines.train.fusion import skipped, tune_model_fusion
 from pipelines.train.inputs import Inputs, Sources, read_inputs
 from pipelines.train.loop import CHECKPOINT, LoopConfig, train_loop
 from pipelines.train.negatives import KIND, Sampling, eval_candidates, merged_relevant, training_pairs
@@ -109,17 +112,27 @@ def run_train(cfg: TrainConfig, sources: Sources) -> dict:
     )
     result = fit(cfg, loop)
     best, best_metrics = select(result, evaluated=loop.eval_candidates is not None)
+    fusion = {"skipped": skipped(data["eval_candidates"], data["mined"])}
     with tempfile.TemporaryDirectory(prefix="ray-rerank-train-") as tmp:
         best.to_directory(tmp)
         model_dir = os.path.join(tmp, CHECKPOINT)
         for name in os.listdir(model_dir):
             if name in TRAINER_FILES or name.startswith("rng_state"):
                 os.remove(os.path.join(model_dir, name))
+        if fusion["skipped"] is None:  # written into model/ before it is uploaded
+            where = {
+                "candidates": uris.join(out, "data", "eval_candidates"),
+                "qrels": sources.eval_qrels_path,
+                "first_stage": f"{cfg.embed_model} (cosine), top {cfg.eval_candidates}",
+            }
+            fusion = tune_model_fusion(spec, model_dir, data["eval_candidates"], inputs.eval_qrels, where)
         _upload(model_dir, uris.join(out, "model"))
         with tempfile.TemporaryDirectory() as latest:
             result.checkpoint.to_directory(latest)
             history = uris.read_json(os.path.join(latest, CHECKPOINT, "trainer_state.json"))
     manifest = build_manifest(cfg, sources, inputs, data, loop, history, best_metrics, started)
+    manifest["fusion"] = None if "skipped" in fusion else fusion
+    manifest["fusion_skipped"] = fusion.get("skipped")
     uris.write_json(uris.join(out, MANIFEST), manifest)
     uris.remove(uris.join(out, REQUEST))
     return manifest
@@ -127,7 +140,7 @@ def run_train(cfg: TrainConfig, sources: Sources) -> dict:
 
 def build_data(cfg: TrainConfig, sources: Sources, inputs: Inputs) -> dict:
     """Training pairs and evaluation candidates, with the mined rankings when --embed-model is given."""
-    mined = None
+    mined = similarity = None
     if cfg.embed_model is not None:
         from pipelines.train.mine import mine
 
@@ -135,7 +148,9 @@ def build_data(cfg: TrainConfig, sources: Sources, inputs: Inputs) -> dict:
             model=cfg.embed_model, trust_remote_code=cfg.trust_remote_code, max_length=None
         ).validate()
         qids = sorted({*inputs.qrels, *inputs.eval_qrels})
-        mined = mine(inputs.docs, inputs.queries, qids, spec, max(cfg.mine_depth, cfg.eval_candidates))
+        mined, similarity = mine(
+            inputs.docs, inputs.queries, qids, spec, max(cfg.mine_depth, cfg.eval_candidates)
+        )
     eval_relevant = merged_relevant(inputs.eval_qrels)
     held_out = set().union(*eval_relevant.values()) if eval_relevant else set()
     never = merged_relevant(sources.qrels, sources.eval_qrels or {})
@@ -148,7 +163,7 @@ def build_data(cfg: TrainConfig, sources: Sources, inputs: Inputs) -> dict:
     evals = None
     if inputs.eval_qrels:
         evals = eval_candidates(
-            inputs.queries, inputs.docs, inputs.eval_qrels, mined, cfg.eval_candidates, cfg.seed
+            inputs.queries, inputs.docs, inputs.eval_qrels, mined, cfg.eval_candidates, cfg.seed, similarity
         )
     return {"pairs": pairs, "eval_candidates": evals, "mined": mined is not None, "held_out": len(held_out)}
 
@@ -203,6 +218,7 @@ def build_manifest(cfg, sources, inputs, data, loop, history, best_metrics, star
     log = history.get("log_history", [])
     curve = [{"step": e["step"], **_eval_metrics(e)} for e in log if SELECT_KEY in e]
     facts = [e for e in log if "world_size" in e]
+    synced = [e["replicas_in_sync"] for e in log if "replicas_in_sync" in e]
     pairs = data["pairs"]
     kinds = pairs.column(KIND).to_pylist()
     return {
@@ -233,6 +249,9 @@ def build_manifest(cfg, sources, inputs, data, loop, history, best_metrics, star
             "selected_by": SELECT_METRIC if curve else "last step",
             "selected_metrics": _eval_metrics(best_metrics),
             "world_size": facts[-1]["world_size"] if facts else None,
+            # with several workers: whether all held the same weights at every checkpoint (one DDP group)
+            "replicas_in_sync": all(synced) if synced else None,
+            "batching": facts[-1].get("batching") if facts else None,
             "resumed_from_step": next(
                 (e["resumed_from_step"] for e in facts if "resumed_from_step" in e), None
             ),

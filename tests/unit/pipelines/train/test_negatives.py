@@ -82,3 +82,13 @@ def test_eval_candidates_without_mining_hold_the_judged_documents():
         eval_candidates(queries, docs, {"q4": qrels["q4"]}, mined, 5, 0).column("doc_id").to_pylist()
         == sorted(docs)[:5]
     )
+
+
+def test_eval_candidates_carry_the_mined_retrieval_scores():
+    docs, queries, qrels = collection()
+    mined = {"q4": sorted(docs)[:7]}
+    similarity = {"q4": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]}
+    table = eval_candidates(queries, docs, {"q4": qrels["q4"]}, mined, 5, 0, similarity)
+    assert table.column("retrieval_score").to_pylist() == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.5])
+    unmined = eval_candidates(queries, docs, {"q4": qrels["q4"]}, None, 20, 0)
+    assert unmined.column("retrieval_score").null_count == unmined.num_rows  # nothing to fuse with
