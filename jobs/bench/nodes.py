@@ -82,23 +82,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextmanager
-def local_cluster(nodes: int) -> Iterator[str]:
+def local_cluster(nodes: int) -> Iterator[tuple]:
     """A fresh `ray.cluster_utils.Cluster` on loopback: a head without CPUs and `nodes` worker nodes of one
-    CPU and one `accelerator` each; yields the address a driver joins. Every node is stopped on the way
-    out, errors included (not `Cluster.shutdown`, which also deletes the address file of any other Ray
-    instance on the machine: the one this process finds there is put back by `jobs.loopback.cluster_head`)."""
+    CPU and one `accelerator` each; yields (cluster, worker nodes), the list a caller that replaces nodes
+    keeps current. Every node in it is stopped on the way out, errors included (not `Cluster.shutdown`,
+    which also deletes the address file of any other Ray instance on the machine: the one this process
+    finds there is put back by `jobs.loopback.cluster_head`)."""
     cluster = cluster_head(num_cpus=0, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False)
     workers = []
     try:
         for _ in range(nodes):
-            workers.append(
-                cluster.add_node(
-                    num_cpus=1,
-                    resources={RESOURCE: 1},
-                    object_store_memory=OBJECT_STORE_BYTES,
-                    include_dashboard=False,
-                )
-            )
+            workers.append(add_worker(cluster))
         deadline, alive = time.monotonic() + 60, []
         while time.monotonic() < deadline:
             alive = [n for n in cluster.global_state.node_table() if n["Alive"]]
@@ -110,11 +104,18 @@ def local_cluster(nodes: int) -> Iterator[str]:
             raise RuntimeError(
                 f"{len(alive)} of {nodes + 1} nodes alive, at {sorted(ips)}: not the loopback cluster"
             )
-        yield cluster.address
+        yield cluster, workers
     finally:
         for node in workers:
             cluster.remove_node(node, allow_graceful=True)
         cluster.remove_node(cluster.head_node, allow_graceful=True)
+
+
+def add_worker(cluster):
+    """One more worker node: 1 CPU and one `accelerator`."""
+    return cluster.add_node(
+        num_cpus=1, resources={RESOURCE: 1}, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False
+    )
 
 
 def one_run(
@@ -201,8 +202,8 @@ def run_nodes(args, model: str) -> dict:
             for nodes in NODE_COUNTS:
                 out = os.path.join(root, f"out-{nodes}-{r}")
                 t0 = time.perf_counter()
-                with local_cluster(nodes) as address:
-                    run = one_run(address, nodes, pairs, out, table.num_rows, args, model, tokens)
+                with local_cluster(nodes) as (cluster, _):
+                    run = one_run(cluster.address, nodes, pairs, out, table.num_rows, args, model, tokens)
                 run["with_cluster_start_stop_s"] = time.perf_counter() - t0
                 runs[nodes].append(run)
                 shutil.rmtree(out, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The DDP check the training manifest reports (`replicas_in_sync`): every worker's parameter digest,
 gathered over the process group, is equal when the workers hold the same weights and differs when one has
-drifted by a single float32 step. Two processes in a gloo group on loopback, no Ray."""
+drifted by a single float32 step. Two processes in a gloo group on loopback, no Ray; marked long with the
+training tests whose assertion it backs (each spawned worker imports transformers: ~20 s)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def _worker(rank: int, init: str, drift: bool, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(("drift", "in_sync"), [(False, "True"), (True, "False")])
 def test_digests_tell_identical_replicas_from_drifted_ones(tmp_path, drift, in_sync):
     import torch.multiprocessing as mp
