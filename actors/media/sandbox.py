@@ -10,8 +10,10 @@ first use and kept for the later decodes of the process (`SANDBOX`):
   from when the child has read the request and loaded the modality's decoder (starting a child and
   importing torchcodec take seconds and are not the reference's);
 - over the deadline the child is killed (SIGKILL) and the reference's error is "decoding took longer than
-  ... s"; a child that dies while decoding gives "the decoder crashed (killed by SIGSEGV)". Either way the
-  next decode starts a fresh child;
+  ... s"; a child that dies while decoding is replaced and the reference decoded once more, since one death
+  can be the machine's (the OOM killer picking the child for another process's memory): a reference that
+  kills the decoder twice is "the decoder crashed twice (killed by SIGSEGV)". A fresh child decodes the
+  next reference;
 - a child that dies or stalls before it decodes anything (a broken installation, an idle child the OOM
   killer picked) is not the reference's fault: RuntimeError, which fails the task for Ray to retry.
 
@@ -71,6 +73,14 @@ class _Lost(Exception):
     """The child closed its end of a pipe: it died."""
 
 
+class _Crashed(MediaError):
+    """The child died while decoding (`how`: e.g. "killed by SIGSEGV"); `Sandbox.decode` tries once more."""
+
+    def __init__(self, how: str):
+        super().__init__(f"the decoder crashed ({how})")
+        self.how = how
+
+
 class _Refused(Exception):
     """The child's reply cannot be used (an unknown kind, a malformed array); the message says why."""
 
@@ -96,7 +106,12 @@ class Sandbox:
         """`actors.media.decode.decode(modality, data, spec)`, run in the child under `spec.decode_timeout_s`."""
         with self._lock:
             try:
-                return self._decode(modality, data, spec)
+                result = self._decode(modality, data, spec)
+                if isinstance(result, _Crashed):  # one death may be the machine's (an OOM kill for another
+                    result = self._decode(modality, data, spec)  # process's memory): convicted on the second
+                    if isinstance(result, _Crashed):
+                        return MediaError(f"the decoder crashed twice ({result.how})")
+                return result
             except BaseException:  # cut short (a cancelled task): the child would answer out of step
                 if self._child is not None:
                     self._end()
@@ -130,7 +145,7 @@ class Sandbox:
             self._end()
             return MediaError(f"decoding took longer than {spec.decode_timeout_s:g} s")
         except _Lost:
-            return MediaError(f"the decoder crashed ({self._end(EXIT_WAIT_S)})")
+            return _Crashed(self._end(EXIT_WAIT_S))
         except _Oversized:
             self._end()
             return MediaError(

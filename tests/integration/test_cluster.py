@@ -249,7 +249,8 @@ def test_losing_the_media_node_mid_run_costs_nothing(ray_cluster, s3, tmp_path, 
     key = lambda r: (r["query_id"], r["candidate_id"])  # noqa: E731
     assert sorted(map(key, ranked)) == sorted(map(key, rows)), "lost or duplicated"
     by_key = {key(r): r for r in rows}
-    pairs = [(r["query_text"], Image.open(by_key[key(r)]["candidate_image"]).convert("RGB")) for r in ranked]
+    source = [by_key[key(r)] for r in ranked]
+    pairs = [(r["query_text"], Image.open(r["candidate_image"]).convert("RGB")) for r in source]
     want = CrossEncoder(str(tiny_qwen2vl.st)).predict(pairs, batch_size=8)
     np.testing.assert_allclose([r["score"] for r in ranked], want, atol=1e-5, rtol=0)
 

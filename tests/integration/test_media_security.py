@@ -221,7 +221,7 @@ def test_dash_manifests_served_as_media_are_error_rows_and_open_nothing(
             (d / "crash.png").write_bytes(b"RERANK-TEST-CRASH")
             (d / "hang.png").write_bytes(b"RERANK-TEST-HANG")
             for name, reason in (
-                ("crash.png", "the decoder crashed (killed by SIGABRT)"),
+                ("crash.png", "the decoder crashed twice (killed by SIGABRT)"),
                 ("hang.png", "decoding took longer than 3 s"),
             ):
                 ref = f"{base}/{name}"

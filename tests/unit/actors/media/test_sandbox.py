@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_a_crash_is_that_references_error_and_the_next_decode_gets_a_fresh_child
     first = SANDBOX.pid
     result = SANDBOX.decode("image", CRASH + b" as if FFmpeg segfaulted", SPEC)
     assert isinstance(result, MediaError)
-    assert str(result) == "the decoder crashed (killed by SIGABRT)"
+    assert str(result) == "the decoder crashed twice (killed by SIGABRT)"
     assert SANDBOX.pid is None and gone(first)  # reaped, not left as a zombie
     np.testing.assert_array_equal(SANDBOX.decode("image", png, SPEC), decode("image", png, SPEC))
     assert SANDBOX.pid not in (None, first)
@@ -140,6 +141,23 @@ def test_a_real_decode_over_a_tiny_deadline_is_killed(media):
     assert isinstance(frames, np.ndarray) and frames.shape == (300, 3, 240, 320)
 
 
+def test_one_death_of_the_decoder_is_not_the_references_fault(media):
+    """The child killed from outside while decoding (as the OOM killer would for another process's memory):
+    the reference is decoded again in a fresh child, and comes out whole."""
+    video = media["long_mp4"].read_bytes()
+    spec = MediaSpec(max_video_frames=1000)
+    assert isinstance(
+        SANDBOX.decode("video", media["mp4"].read_bytes(), SPEC), np.ndarray
+    )  # torchcodec loaded
+    first = SANDBOX.pid
+    killer = threading.Timer(0.05, os.kill, (first, signal.SIGKILL))  # well inside the 300 frames' decode
+    killer.start()
+    frames = SANDBOX.decode("video", video, spec)
+    killer.join()
+    assert gone(first) and SANDBOX.pid not in (None, first)
+    assert isinstance(frames, np.ndarray) and np.array_equal(frames, decode("video", video, spec))
+
+
 def test_faults_are_ignored_unless_the_test_setting_is_on(monkeypatch):
     SANDBOX.close()
     monkeypatch.delenv(FAULTS_ENV, raising=False)
@@ -181,7 +199,7 @@ def test_the_stage_turns_crashing_and_hanging_references_into_their_error_rows(m
     table = pairs_table(candidate_image=[str(crash), str(hang), png])
     out = resolve_media(table, MediaSpec(timeout_s=2.0, decode_timeout_s=1.0))
     assert errors_of(out) == [
-        f"candidate_image '{crash}': the decoder crashed (killed by SIGABRT)",
+        f"candidate_image '{crash}': the decoder crashed twice (killed by SIGABRT)",
         f"candidate_image '{hang}': decoding took longer than 1 s",
         None,
     ]
