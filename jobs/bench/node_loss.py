@@ -18,7 +18,6 @@ lost node).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -28,8 +27,14 @@ import tempfile
 import threading
 import time
 
-from jobs.bench.nodes import RESOURCE, add_worker, local_cluster, resolve_model
-from jobs.loopback import keep_local_ray_on_loopback
+from jobs.bench.nodes import (
+    RESOURCE,
+    add_worker,
+    local_cluster,
+    prepare_local_cluster_env,
+    resolve_model,
+    write_report,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,12 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not (0 < args.lose_at < 1 and args.rate > 0 and args.num_pairs > 0 and args.rounds > 0):
         raise SystemExit("--lose-at must be in (0, 1); --rate, --num-pairs and --rounds above 0")
-    keep_local_ray_on_loopback()  # every node and worker this process starts: loopback only
-    for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(name, value)
-    os.environ.pop("RAY_ADDRESS", None)  # the driver joins the cluster started here, nothing else
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    prepare_local_cluster_env()
     report = run_rounds(args, resolve_model(args))
     print(
         f"{report['pairs']} pairs; {report['topology']}\n"
@@ -179,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         + f"\nnode lost / clean, median: {report['node_lost_vs_clean_median']:.2f}"
     )
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2, default=str)
-        print(f"report: {args.output}")
+    write_report(report, args.output)
     return 0
 
 

@@ -281,20 +281,31 @@ def resolve_model(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    keep_local_ray_on_loopback()  # every node and worker this process starts: loopback only
+    prepare_local_cluster_env()
+    report = run_nodes(args, resolve_model(args))
+    print(summary(report))
+    write_report(report, args.output)
+    return 0
+
+
+def prepare_local_cluster_env() -> None:
+    """This process's environment, which the local cluster's nodes and workers inherit: loopback only,
+    offline, no other instance's address, and this repository importable."""
+    keep_local_ray_on_loopback()
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(name, value)  # inherited by the nodes, and their workers
+        os.environ.setdefault(name, value)
     os.environ.pop("RAY_ADDRESS", None)  # the driver joins the cluster started here, nothing else
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
-    report = run_nodes(args, resolve_model(args))
-    print(summary(report))
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
+
+
+def write_report(report: dict, path: str | None) -> None:
+    """The JSON report at `path` (nothing when None)."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
             json.dump(report, f, indent=2, default=str)
-        print(f"report: {args.output}")
-    return 0
+        print(f"report: {path}")
 
 
 if __name__ == "__main__":
